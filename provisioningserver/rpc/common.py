@@ -1,0 +1,388 @@
+"""What both ends of an RPC connection share.
+
+* :class:`Identify` and :class:`Authenticate`, the two commands both the
+  region and the clusters answer (re-exported by
+  :mod:`provisioningserver.rpc.cluster` and :mod:`provisioningserver.rpc.region`).
+* :class:`RPCProtocol`, the AMP protocol both sides speak: it reports
+  connection and disconnection through Deferreds, turns a responder's
+  undeclared exception into a non-fatal error the caller can trace, refuses an
+  over-long value before sending it, and lets a caller abandon a call without
+  leaking its entry.
+* :class:`Client`, the object callers use: ``client(Command, **kwargs)``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from provisioningserver.rpc.exceptions import ArgumentTooLarge, CallTimedOut
+from provisioningserver.rpc.interfaces import IConnection
+from provisioningserver.twisted.protocols import amp
+from provisioningserver.utils.twisted import asynchronous
+
+__all__ = [
+    "DEFAULT_CALL_TIMEOUT",
+    "Authenticate",
+    "Client",
+    "Identify",
+    "RPCProtocol",
+]
+
+log = Logger()
+
+#: Seconds a call made through a :class:`Client` may take, unless the call
+#: passes ``_timeout``.
+DEFAULT_CALL_TIMEOUT = 120.0
+
+
+class Identify(amp.Command):
+    """Ask the peer who it is.
+
+    A cluster answers its UUID; a region event-loop answers its name,
+    ``<hostname>:pid=<pid>``.
+
+    :since: 1.0
+    """
+
+    arguments = []
+    response = [(b"ident", amp.Unicode())]
+
+
+class Authenticate(amp.Command):
+    """Challenge the peer to prove that it knows the shared secret.
+
+    The caller sends a random 16-byte ``message``. The peer picks 16 fresh
+    random bytes as ``salt`` and answers them with
+    ``digest = HMAC-SHA256(secret, message ‖ salt)``
+    (:func:`provisioningserver.security.calculate_digest`); the caller
+    computes the same and compares.
+
+    :since: 1.0
+    """
+
+    arguments = [(b"message", amp.String())]
+    response = [(b"digest", amp.String()), (b"salt", amp.String())]
+
+
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+@implementer(IConnection)
+class RPCProtocol(amp.AMP):
+    """The AMP protocol both the region and the clusters speak.
+
+    It differs from :class:`amp.AMP` in what it does with trouble, never in
+    the bytes it sends:
+
+    * an exception a responder raises that its command does not declare goes
+      back to the caller as a non-fatal error with code ``UNKNOWN`` (so the
+      connection stays up for everyone else), whose description carries a
+      reference ``<hostname>:pid=<pid>:cmd=<Command>:ask=<n>`` that is also
+      logged with the traceback, so the two can be matched;
+    * an argument value longer than AMP allows is refused with
+      :class:`~provisioningserver.rpc.exceptions.ArgumentTooLarge` before
+      anything is sent;
+    * a call's Deferred can be cancelled: its entry among the outstanding
+      requests is released at once, and the answer, if it ever comes, is
+      dropped quietly.
+
+    :ivar onConnectionMade: a Deferred that fires with ``None`` when the
+        connection is made.
+    :ivar onConnectionLost: a Deferred that fires with ``None`` when the
+        connection is lost.
+    :ivar ident: the peer's identity once known (see
+        :class:`~provisioningserver.rpc.interfaces.IConnection`), else
+        ``None``.
+    """
+
+    #: The largest value AMP can carry.
+    maxValueLength = amp.MAX_VALUE_LENGTH
+
+    ident: str | None = None
+
+    def __init__(self, boxReceiver: Any = None, locator: Any = None) -> None:
+        super().__init__(boxReceiver=boxReceiver, locator=locator)
+        self.onConnectionMade: Deferred[None] = Deferred()
+        self.onConnectionLost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        """Fire ``onConnectionMade``."""
+        super().connectionMade()
+        self.onConnectionMade.callback(None)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Fail outstanding calls, then fire ``onConnectionLost``.
+
+        :param reason: why the connection was lost.
+        """
+        super().connectionLost(reason)
+        self.onConnectionLost.callback(None)
+
+    def getPeerCertificate(self) -> Any:
+        """Return the peer's TLS certificate, or ``None`` without TLS.
+
+        :return: the certificate or ``None``.
+        """
+        if self.transport is None or not self.hostCertificate:
+            return None
+        return self.peerCertificate
+
+    def getHostCertificate(self) -> Any:
+        """Return this side's TLS certificate, or ``None`` without TLS.
+
+        :return: the certificate or ``None``.
+        """
+        return self.hostCertificate
+
+    # Sending.
+
+    def _checkValueSizes(self, command: bytes, box: amp.AmpBox) -> None:
+        limit = self.maxValueLength
+        for key, value in box.items():
+            if len(value) > limit:
+                raise ArgumentTooLarge(command, key, len(value), limit)
+
+    def _sendBoxCommand(
+        self, command: bytes, box: amp.AmpBox, requiresAnswer: bool = True
+    ) -> Deferred[amp.AmpBox] | None:
+        """Send a command box, refusing over-long values first.
+
+        :param command: the command's wire name.
+        :param box: its arguments.
+        :param requiresAnswer: whether an answer is expected.
+        :return: a cancellable Deferred for the answer box, or ``None``.
+        :raises ArgumentTooLarge: when a value does not fit in AMP.
+        """
+        self._checkValueSizes(command, box)
+        if self._failAllReason is not None:
+            return fail(self._failAllReason) if requiresAnswer else None
+        box[amp.COMMAND] = command
+        tag = self._nextTag()
+        if requiresAnswer:
+            box[amp.ASK] = tag
+        box._sendTo(self.boxSender)
+        if not requiresAnswer:
+            return None
+
+        def release(d: Deferred[amp.AmpBox]) -> None:
+            if self._outstandingRequests is not None:
+                self._outstandingRequests.pop(tag, None)
+
+        result: Deferred[amp.AmpBox] = Deferred(release)
+        self._requests()[tag] = result
+        return result
+
+    # Receiving answers.
+
+    def _requests(self) -> dict[bytes, Deferred[amp.AmpBox]]:
+        requests = self._outstandingRequests
+        if requests is None:
+            # failAllOutgoing() ran: the connection is gone.
+            return {}
+        return requests
+
+    def _isStaleTag(self, tag: bytes) -> bool:
+        """Tell whether ``tag`` names an ask this side sent and gave up on."""
+        try:
+            return 0 < int(tag, 16) <= self._counter
+        except ValueError:
+            return False
+
+    def _answerReceived(self, box: amp.AmpBox) -> None:
+        question = self._requests().pop(box[amp.ANSWER], None)
+        if question is None:
+            self._dropStrayAnswer(box, box[amp.ANSWER])
+        else:
+            question.callback(box)
+
+    def _errorReceived(self, box: amp.AmpBox) -> None:
+        # Unlike stock AMP, an error answer that the caller leaves unhandled
+        # does not drop the connection (which would fail every other call on
+        # it); the Deferred logs it as unhandled when it is collected.
+        question = self._requests().pop(box[amp.ERROR], None)
+        if question is None:
+            self._dropStrayAnswer(box, box[amp.ERROR])
+            return
+        errorCode = box[amp.ERROR_CODE]
+        description = box[amp.ERROR_DESCRIPTION].decode("utf-8", "replace")
+        errorType = amp.PROTOCOL_ERRORS.get(errorCode)
+        if errorType is None:
+            error: Exception = amp.RemoteAmpError(errorCode, description)
+        else:
+            error = errorType(errorCode, description)
+        question.errback(Failure(error))
+
+    def _dropStrayAnswer(self, box: amp.AmpBox, tag: bytes) -> None:
+        if self._isStaleTag(tag):
+            log.debug("Dropped a late answer to abandoned ask {tag!r}.", tag=tag)
+        else:
+            log.warn(
+                "Dropped an answer to ask {tag!r}, which was never sent, from {peer}.",
+                tag=tag,
+                peer=self._peerAddress(),
+            )
+
+    # Receiving commands.
+
+    def _peerAddress(self) -> str:
+        transport = self.transport
+        if transport is None:
+            return "(disconnected)"
+        try:
+            peer = transport.getPeer()
+        except Exception:  # noqa: BLE001 - any transport; best effort only
+            return "(unknown)"
+        host = getattr(peer, "host", None)
+        port = getattr(peer, "port", None)
+        return f"{host}:{port}" if host is not None else str(peer)
+
+    def dispatchCommand(self, box: amp.AmpBox) -> Deferred[amp.AmpBox]:
+        """Dispatch a received command to its responder.
+
+        An exception that is not already an AMP error (a declared error, or an
+        unknown command) becomes a non-fatal ``UNKNOWN`` error carrying a
+        reference, logged with its traceback.
+
+        :param box: the command box.
+        :return: a Deferred with the answer box.
+        """
+        d = super().dispatchCommand(box)
+        return d.addErrback(self._undeclaredError, box)
+
+    def _undeclaredError(self, failure: Failure, box: amp.AmpBox) -> Failure:
+        if failure.check(amp.RemoteAmpError):
+            return failure
+        command = box.get(amp.COMMAND, b"?").decode("ascii", "replace")
+        ask = box.get(amp.ASK, b"-").decode("ascii", "replace")
+        reference = f"{_hostname()}:pid={os.getpid()}:cmd={command}:ask={ask}"
+        log.failure(
+            "Unhandled failure in responder for {command} from {peer}; "
+            "reference {reference}.",
+            failure,
+            command=command,
+            peer=self._peerAddress(),
+            reference=reference,
+        )
+        return Failure(
+            amp.RemoteAmpError(
+                amp.UNKNOWN_ERROR_CODE,
+                f"Unknown Error [{reference}]",
+                fatal=False,
+                local=failure,
+            )
+        )
+
+
+def _checkCommand(cmd: Any) -> None:
+    if not (isinstance(cmd, type) and issubclass(cmd, amp.Command)):
+        raise TypeError(f"expected an amp.Command subclass; got {cmd!r}")
+
+
+class Client:
+    """A handle for calling one peer over one connection.
+
+    Call it with a command and its arguments as keywords::
+
+        response = client(EatCheez, name="Brie", origin="France")
+
+    In the reactor thread that returns a Deferred; in any other thread it
+    returns a :class:`crochet.EventualResult` (call ``.wait(timeout)`` on it).
+    The Deferred fires with the response dict, or fails with a declared
+    exception, :class:`~provisioningserver.rpc.exceptions.CallTimedOut` at
+    the deadline, :class:`amp.UnknownRemoteError` when the responder crashed,
+    or :class:`amp.UnhandledCommand` when the peer does not know the command.
+
+    Clients compare equal, and hash the same, when they wrap the same
+    connection. Don't keep one around: ask for a client each time you call,
+    since connections come and go.
+
+    :param conn: the connection to wrap.
+    :param clock: the clock that measures call deadlines; the global reactor
+        when ``None``.
+    """
+
+    def __init__(self, conn: IConnection, clock: Any = None) -> None:
+        self._conn = conn
+        self._clock = clock
+
+    @property
+    def ident(self) -> str | None:
+        """The peer's identity: a cluster's UUID or a region event-loop's
+        name."""
+        return self._conn.ident
+
+    @property
+    def connection(self) -> IConnection:
+        """The wrapped connection."""
+        return self._conn
+
+    def __call__(
+        self,
+        cmd: type[amp.Command],
+        *args: Any,
+        _timeout: Any = DEFAULT_CALL_TIMEOUT,
+        **kwargs: Any,
+    ) -> Any:
+        """Call ``cmd`` on the peer.
+
+        :param cmd: an :class:`amp.Command` subclass.
+        :param _timeout: the call's deadline in seconds (default
+            :data:`DEFAULT_CALL_TIMEOUT`); ``None`` or ≤ 0 for none.
+        :param kwargs: the command's arguments, by name.
+        :return: a Deferred in the reactor thread, a
+            :class:`crochet.EventualResult` elsewhere, with the response dict.
+        :raises TypeError: when called with positional arguments or a ``cmd``
+            that is not a command.
+        """
+        if args:
+            raise TypeError(
+                f"{cmd.__name__ if isinstance(cmd, type) else cmd!r} takes its "
+                f"arguments by keyword only: client({getattr(cmd, '__name__', 'Cmd')}"
+                ", name=value, ...); got positional arguments "
+                f"{args!r}"
+            )
+        _checkCommand(cmd)
+        return self._call(cmd, _timeout, kwargs)
+
+    @asynchronous
+    def _call(
+        self, cmd: type[amp.Command], timeout: Any, kwargs: dict[str, Any]
+    ) -> Deferred[dict[str, Any]]:
+        d = maybeDeferred(self._conn.callRemote, cmd, **kwargs)
+        if timeout is None or timeout <= 0:
+            return d
+        clock = self._clock
+        if clock is None:
+            from twisted.internet import reactor as clock
+
+        def timedOut(result: Any, seconds: float) -> Any:
+            if isinstance(result, Failure) and result.check(CancelledError):
+                return Failure(
+                    CallTimedOut(
+                        f"{cmd.__name__} to {self.ident} got no answer within "
+                        f"{seconds} seconds"
+                    )
+                )
+            return result
+
+        return d.addTimeout(timeout, clock, onTimeoutCancel=timedOut)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Client):
+            return self._conn is other._conn
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._conn)
+
+    def __repr__(self) -> str:
+        return f"<Client for {self.ident!r}>"

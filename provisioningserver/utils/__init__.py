@@ -1,0 +1,3 @@
+"""Utilities shared by the region and the clusters."""
+
+__all__: list[str] = []

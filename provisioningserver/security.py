@@ -115,13 +115,18 @@ def _write_temp(path: Path, secret: bytes) -> Path:
 
     :return: the temporary file's path.
     """
+    text = to_hex(secret) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as stream:
-        stream.write(to_hex(secret) + "\n")
-        stream.flush()
-        os.fsync(stream.fileno())
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     return temp
 
 
@@ -167,8 +172,11 @@ def install_shared_secret(path: str | os.PathLike[str], secret: bytes) -> None:
 
     :param path: where to write.
     :param secret: the raw secret.
+    :raises TypeError: when ``secret`` is not :class:`bytes`.
     :raises MalformedSecret: when ``secret`` is not :data:`SECRET_BYTES` long.
     """
+    if not isinstance(secret, bytes):
+        raise TypeError(f"the secret must be bytes; not {type(secret).__name__}")
     if len(secret) != SECRET_BYTES:
         raise MalformedSecret(
             f"the secret is {len(secret)} bytes; expected {SECRET_BYTES}"

@@ -17,7 +17,9 @@ def _reactor_state() -> tuple[frozenset[object], frozenset[object], frozenset[ob
     from twisted.internet import reactor
 
     return (
-        frozenset(call for call in reactor.getDelayedCalls() if call.active()),
+        # Compared by what they run: a LoopingCall (crochet's process reaper)
+        # makes a new DelayedCall on every tick.
+        frozenset(call.func for call in reactor.getDelayedCalls() if call.active()),
         frozenset(reactor.getReaders()),
         frozenset(reactor.getWriters()),
     )

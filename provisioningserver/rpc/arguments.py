@@ -65,6 +65,7 @@ class StructureAsJSON(amp.Argument):
             booleans and ``None``.
         :return: compact UTF-8 JSON.
         :raises TypeError: when ``inObject`` is not JSON-serialisable.
+        :raises ValueError: for NaN or infinite numbers.
         """
         return json.dumps(inObject, separators=(",", ":"), allow_nan=False).encode(
             "utf-8"
@@ -132,6 +133,8 @@ class CompressedAmpList(amp.AmpList):
         optional: bool = False,
         max_size: int = 16 * 1024 * 1024,
     ) -> None:
+        if max_size < 1:
+            raise ValueError(f"max_size must be at least 1; not {max_size!r}")
         super().__init__(subargs, optional)
         self.max_size = max_size
 
@@ -158,7 +161,9 @@ class CompressedAmpList(amp.AmpList):
             data = decompressor.decompress(inString, self.max_size)
         except zlib.error as error:
             raise ValueError(f"not a compressed list: {error}") from None
-        if decompressor.unconsumed_tail or not decompressor.eof:
+        if decompressor.unused_data:
+            raise ValueError("compressed list is followed by extra bytes")
+        if not decompressor.eof:
             raise ValueError(
                 f"compressed list is truncated or expands past {self.max_size} bytes"
             )

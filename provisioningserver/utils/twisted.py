@@ -114,8 +114,12 @@ def asynchronous(func: Callable[..., Any] | None = None, *, timeout: Any = None)
         wait_for: float | None = LONGTIME
     elif timeout is None:
         wait_for = None
-    elif isinstance(timeout, int | float) and timeout >= 0:
-        wait_for = float(timeout)
+    elif (
+        isinstance(timeout, int | float)
+        and not isinstance(timeout, bool)
+        and timeout >= 0
+    ):
+        wait_for = min(float(timeout), LONGTIME)
     else:
         raise ValueError(f"timeout must be None, FOREVER or seconds; not {timeout!r}")
 

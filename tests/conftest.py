@@ -25,8 +25,10 @@ def _reactor_state() -> tuple[frozenset[object], frozenset[object], frozenset[ob
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def _crochet() -> None:
+    # Always on, as in a region process, so that whether a test's thread is
+    # "the reactor thread" never depends on which tests ran before it.
     crochet.setup()
 
 

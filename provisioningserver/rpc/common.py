@@ -34,6 +34,7 @@ __all__ = [
     "Client",
     "Identify",
     "RPCProtocol",
+    "peerAddress",
 ]
 
 log = Logger()
@@ -74,6 +75,21 @@ class Authenticate(amp.Command):
 
 def _hostname() -> str:
     return socket.gethostname()
+
+
+def peerAddress(proto: Any) -> str:
+    """Describe a protocol's peer as ``host:port``, for log lines.
+
+    :param proto: a protocol (connected or not).
+    :return: its peer's address, or a placeholder when it is not known.
+    """
+    transport = getattr(proto, "transport", None)
+    if transport is None:
+        return "(disconnected)"
+    peer = transport.getPeer()
+    host = getattr(peer, "host", None)
+    port = getattr(peer, "port", None)
+    return f"{host}:{port}" if host is not None else str(peer)
 
 
 @implementer(IConnection)
@@ -126,6 +142,19 @@ class RPCProtocol(amp.AMP):
         """
         super().connectionLost(reason)
         self.onConnectionLost.callback(None)
+
+    def isConnected(self) -> bool:
+        """Tell whether the connection is open (and not closing).
+
+        :return: ``True`` while connected.
+        """
+        transport = self.transport
+        return transport is not None and not getattr(transport, "disconnecting", False)
+
+    def disconnect(self) -> None:
+        """Close the connection, if it is open, once pending output is sent."""
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def getPeerCertificate(self) -> Any:
         """Return the peer's TLS certificate, or ``None`` without TLS.
@@ -228,22 +257,10 @@ class RPCProtocol(amp.AMP):
             log.warn(
                 "Dropped an answer to ask {tag!r}, which was never sent, from {peer}.",
                 tag=tag,
-                peer=self._peerAddress(),
+                peer=peerAddress(self),
             )
 
     # Receiving commands.
-
-    def _peerAddress(self) -> str:
-        transport = self.transport
-        if transport is None:
-            return "(disconnected)"
-        try:
-            peer = transport.getPeer()
-        except Exception:  # noqa: BLE001 - any transport; best effort only
-            return "(unknown)"
-        host = getattr(peer, "host", None)
-        port = getattr(peer, "port", None)
-        return f"{host}:{port}" if host is not None else str(peer)
 
     def dispatchCommand(self, box: amp.AmpBox) -> Deferred[amp.AmpBox]:
         """Dispatch a received command to its responder.
@@ -269,7 +286,7 @@ class RPCProtocol(amp.AMP):
             "reference {reference}.",
             failure,
             command=command,
-            peer=self._peerAddress(),
+            peer=peerAddress(self),
             reference=reference,
         )
         return Failure(

@@ -90,8 +90,8 @@ def isInReactorThread() -> bool:
 def asynchronous(func: Callable[..., Any] | None = None, *, timeout: Any = None) -> Any:
     """Mark a function as belonging to the reactor thread.
 
-    In the reactor thread the decorated function is called directly and its
-    result returned unchanged. From any other thread it is scheduled in the
+    In the reactor thread (or when no reactor runs at all) the decorated
+    function is called directly and its result returned unchanged. From any other thread it is scheduled in the
     reactor with :func:`crochet.run_in_reactor`; without a ``timeout`` the
     caller gets a :class:`crochet.EventualResult`, with one the caller blocks
     until the result arrives and gets it (or its exception).
@@ -127,7 +127,9 @@ def asynchronous(func: Callable[..., Any] | None = None, *, timeout: Any = None)
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if isInReactorThread():
+        if isInReactorThread() or not _reactor().running:
+            # In the reactor thread, or with no reactor running (a script
+            # before crochet starts, a test driving a Clock): call through.
             return func(*args, **kwargs)
         result = in_reactor(*args, **kwargs)
         if wait_for is None:

@@ -1,0 +1,66 @@
+"""The region's RPC layer: clients for the clusters connected to this
+event-loop.
+
+Both helpers follow MAAS's ``@asynchronous(timeout=FOREVER)`` convention:
+called from a thread other than the reactor's they block and return their
+result (or raise); called in the reactor thread, :func:`getClientFor`
+returns a Deferred and :func:`getAllClients` returns the list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from provisioningserver.rpc.exceptions import NoConnectionsAvailable
+from provisioningserver.utils.twisted import FOREVER, asynchronous
+
+__all__ = ["getAllClients", "getClientFor"]
+
+
+def _rpcService() -> Any:
+    from maasserver.eventloop import services
+
+    try:
+        return services.getServiceNamed("rpc")
+    except KeyError:
+        return None
+
+
+@asynchronous(timeout=FOREVER)
+def getClientFor(uuid: str, timeout: float = 0) -> Any:
+    """Return a client for cluster ``uuid``, connected to this event-loop.
+
+    When the cluster has several connections (several processes, for high
+    availability), one is chosen at random. Don't keep the client: ask for
+    one each time you call.
+
+    :param uuid: the cluster's UUID.
+    :param timeout: seconds to wait for the cluster to connect when it has
+        no connection now; 0 (the default) does not wait.
+    :return: a :class:`~provisioningserver.rpc.common.Client` (from another
+        thread) or a Deferred of one (in the reactor).
+    :raises NoConnectionsAvailable: when the cluster has no connection to
+        this event-loop within ``timeout``, or the event-loop is not
+        running.
+    """
+    service = _rpcService()
+    if service is None or not service.running:
+        raise NoConnectionsAvailable(
+            "this process's region event-loop is not running", uuid=uuid
+        )
+    return service.getClientFor(uuid, timeout)
+
+
+@asynchronous(timeout=FOREVER)
+def getAllClients() -> list[Any]:
+    """Return a client for every cluster connection of this event-loop.
+
+    A cluster with several connections appears once per connection.
+
+    :return: a list of :class:`~provisioningserver.rpc.common.Client`;
+        empty when nothing is connected or the event-loop is not running.
+    """
+    service = _rpcService()
+    if service is None or not service.running:
+        return []
+    return service.getAllClients()

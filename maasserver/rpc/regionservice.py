@@ -1,0 +1,626 @@
+"""The region's side of RPC: its responders, its server, and its services.
+
+* :class:`Region` answers what clusters call: ``Identify``, ``Authenticate``
+  and ``Register``.
+* :class:`RegionServer` is the protocol for one accepted cluster connection:
+  it runs the region's half of the handshake, and enters the connection into
+  rotation once the cluster is authenticated and registered.
+* :class:`RegionService` listens for clusters and hands out clients for
+  them (:meth:`RegionService.getClientFor`, :meth:`RegionService.getAllClients`).
+* :class:`RegionAdvertisingService` keeps this event-loop's addresses in the
+  shared advertisement store, from which clusters discover it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import socket
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from provisioningserver.rpc.common import Client, RPCProtocol, peerAddress
+from provisioningserver.rpc.exceptions import (
+    AuthenticationFailed,
+    CannotRegisterCluster,
+    NoConnectionsAvailable,
+)
+from provisioningserver.rpc.handshake import (
+    HandshakeDeadline,
+    answerChallenge,
+    challengePeer,
+)
+from provisioningserver.rpc.region import Authenticate, Identify, Register
+from provisioningserver.utils.twisted import DeferredValue
+
+__all__ = [
+    "Region",
+    "RegionAdvertisingService",
+    "RegionServer",
+    "RegionService",
+    "NoFreePort",
+    "eventloopName",
+    "listAddresses",
+]
+
+log = Logger()
+
+
+def eventloopName() -> str:
+    """Return this process's event-loop name, ``<hostname>:pid=<pid>``.
+
+    :return: the name.
+    """
+    return f"{socket.gethostname()}:pid={os.getpid()}"
+
+
+class NoFreePort(CannotListenError):
+    """None of the configured RPC ports could be bound."""
+
+
+class Region(RPCProtocol):
+    """The responders of a region event-loop: what clusters may call.
+
+    Subclass it (usually through :class:`RegionServer`) to add responders of
+    your own, and hand the subclass to :class:`RegionService` as
+    ``protocol``.
+
+    :param service: the :class:`RegionService` this connection belongs to.
+    """
+
+    def __init__(self, service: RegionService) -> None:
+        super().__init__()
+        self.service = service
+
+    @Identify.responder
+    def identify(self) -> dict[str, str]:
+        """Answer ``Identify`` with this event-loop's name.
+
+        :return: ``{"ident": "<hostname>:pid=<pid>"}``.
+        """
+        return {"ident": self.service.eventloop}
+
+    @Authenticate.responder
+    def authenticate(self, message: bytes) -> dict[str, bytes]:
+        """Answer a cluster's challenge, proving the region knows the secret.
+
+        :param message: the cluster's challenge.
+        :return: ``digest`` and ``salt``.
+        """
+        return answerChallenge(self.service.secret, message)
+
+    @Register.responder
+    def register(
+        self,
+        uuid: str,
+        networks: list[dict[str, str]] | None = None,
+        url: Any = None,
+        ip_addr_json: str | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """Register the calling cluster; see :class:`RegionServer`.
+
+        :param uuid: the cluster's UUID.
+        :param networks: the cluster's networks, if it sent them.
+        :param url: the ``MAAS_URL`` the cluster used, if it sent it.
+        :param ip_addr_json: the cluster's addresses as JSON, if it sent them.
+        :return: a Deferred firing ``{}`` once registered.
+        :raises CannotRegisterCluster: always, here: a bare :class:`Region`
+            does not authenticate clusters, so it registers none.
+        """
+        raise CannotRegisterCluster("this protocol does not register clusters")
+
+
+class RegionServer(Region):
+    """One accepted connection from a cluster.
+
+    On connection it runs the region's half of the handshake: it calls the
+    cluster's ``Identify`` (learning its UUID) and ``Authenticate`` (checking
+    the digest). The cluster meanwhile checks the region and then calls
+    ``Register``; a ``Register`` that arrives before the region's check has
+    finished waits for it. Once both are done the connection enters the
+    service's rotation under the cluster's UUID. A failed check, a refused
+    registration, or a handshake that takes longer than the service's
+    handshake timeout drops the connection and logs why, with the peer's
+    address.
+
+    :ivar ident: the cluster's UUID once identified.
+    :ivar authenticated: a :class:`DeferredValue` set to ``True`` or ``False``
+        when the region's check of the cluster ends.
+    :ivar registered: whether the connection is in rotation.
+    """
+
+    def __init__(self, service: RegionService) -> None:
+        super().__init__(service)
+        self.authenticated = DeferredValue()
+        self.registered = False
+        self._deadline: HandshakeDeadline | None = None
+        self._failureLogged = False
+
+    def connectionMade(self) -> None:
+        """Start the handshake and its deadline."""
+        super().connectionMade()
+        self._peer = peerAddress(self)
+        self._deadline = HandshakeDeadline(
+            self,
+            self.service.handshakeTimeout,
+            self.service.clock,
+            "Handshake of cluster",
+        )
+        d = Deferred.fromCoroutine(self._checkCluster())
+        d.addErrback(self._checkFailed)
+
+    async def _checkCluster(self) -> None:
+        response = await self.callRemote(Identify)
+        self.ident = response["ident"]
+        if not await challengePeer(self, self.service.secret):
+            raise AuthenticationFailed(
+                f"cluster {self.ident} gave a wrong digest: it does not know "
+                "the shared secret"
+            )
+        self.authenticated.set(True)
+
+    def _checkFailed(self, failure: Failure) -> None:
+        if not self.authenticated.isSet:
+            self.authenticated.set(False)
+        if not self.isConnected():
+            return  # Lost while checking; connectionLost logs that.
+        self._failureLogged = True
+        if failure.check(AuthenticationFailed):
+            log.error(
+                "Authentication of cluster at {peer} failed: {error}; dropping "
+                "the connection.",
+                peer=peerAddress(self),
+                error=failure.value,
+            )
+        else:
+            log.failure(
+                "Handshake with cluster at {peer} failed; dropping the connection.",
+                failure,
+                peer=peerAddress(self),
+            )
+        self.disconnect()
+
+    @Register.responder
+    def register(
+        self,
+        uuid: str,
+        networks: list[dict[str, str]] | None = None,
+        url: Any = None,
+        ip_addr_json: str | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """Register the cluster once the region has authenticated it.
+
+        Waits, if need be, for the region's own check of the cluster to end.
+
+        :param uuid: the cluster's UUID; must be what it answered to
+            ``Identify``.
+        :param networks: the cluster's networks (kept as
+            :attr:`networks`).
+        :param url: the ``MAAS_URL`` the cluster used.
+        :param ip_addr_json: the cluster's addresses as JSON.
+        :return: a Deferred firing ``{}``.
+        :raises CannotRegisterCluster: when the cluster failed
+            authentication, or ``uuid`` differs from its ``Identify`` answer.
+        """
+        self.networks = networks
+        self.url = url
+        self.ip_addr_json = ip_addr_json
+        return self.authenticated.get().addCallback(self._register, uuid)
+
+    def _register(self, authenticated: bool, uuid: str) -> dict[str, Any]:
+        if not authenticated:
+            raise CannotRegisterCluster(
+                f"cluster {uuid} is not authenticated; refusing to register it"
+            )
+        if uuid != self.ident:
+            log.error(
+                "Cluster at {peer} identified itself as {ident} but asked to "
+                "register as {uuid}; refusing.",
+                peer=peerAddress(self),
+                ident=self.ident,
+                uuid=uuid,
+            )
+            # Dropped once the refusal has been sent.
+            self._failureLogged = True
+            self.service.clock.callLater(0, self.disconnect)
+            raise CannotRegisterCluster(
+                f"UUID {uuid} is not the identity {self.ident} this connection gave"
+            )
+        if not self.isConnected():
+            raise CannotRegisterCluster("the connection was lost while registering")
+        if self._deadline is not None:
+            self._deadline.done()
+        self.registered = True
+        self.service._addConnectionFor(uuid, self)
+        log.info(
+            "Cluster {uuid} at {peer} registered.", uuid=uuid, peer=peerAddress(self)
+        )
+        return {}
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Leave the rotation, stop the deadline, fail what waits.
+
+        :param reason: why the connection was lost.
+        """
+        if self._deadline is not None:
+            self._deadline.done()
+            quiet = self.registered or self._failureLogged or self._deadline.expired
+            if not quiet:
+                log.warn(
+                    "Cluster {ident} at {peer} disconnected before completing "
+                    "the handshake; a cluster hangs up when the region's digest "
+                    "is wrong, so check that both have the same shared secret.",
+                    ident=self.ident or "(unidentified)",
+                    peer=self._peer,
+                )
+        if not self.authenticated.isSet:
+            self.authenticated.set(False)
+        if self.registered:
+            self.registered = False
+            self.service._removeConnectionFor(self.ident, self)
+        super().connectionLost(reason)
+
+
+class _RegionFactory(Factory):
+    """Builds a :class:`RegionServer` (or the configured protocol) per
+    accepted connection, bound to the service."""
+
+    noisy = False
+
+    def __init__(self, service: RegionService) -> None:
+        self.service = service
+
+    def buildProtocol(self, addr: Any) -> RegionServer:
+        proto = self.service.protocol(self.service)
+        proto.factory = self
+        return proto
+
+
+class RegionService(Service):
+    """Accepts cluster connections, and hands out clients for them.
+
+    It listens on the first free port of ``ports``. Connections enter
+    :attr:`connections` (UUID → set of connections; a cluster that runs
+    several processes for high availability has several) once the handshake
+    completes.
+
+    :param secret: the raw shared secret.
+    :param eventloop: this event-loop's name; ``<hostname>:pid=<pid>`` when
+        ``None``.
+    :param ports: RPC ports to try in order; ``range(0, 1)`` for any free
+        port.
+    :param interface: the address to listen on; ``""`` for all IPv4
+        interfaces.
+    :param protocol: the protocol class per connection: :class:`RegionServer`
+        or a subclass with responders of your own.
+    :param handshakeTimeout: seconds a cluster may take to complete the
+        handshake.
+    :param reactor: the reactor to listen with and to measure time; the
+        global reactor when ``None``.
+    :param statusPath: a file in which to keep this event-loop's status (its
+        name, port and connected clusters, as JSON), rewritten on each
+        change; none when ``None``.
+
+    :ivar connections: UUID → set of :class:`RegionServer`.
+    :ivar starting: a Deferred that fires once listening (or fails).
+    """
+
+    name = "rpc"  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        secret: bytes,
+        eventloop: str | None = None,
+        *,
+        ports: Iterable[int] = range(5250, 5260),
+        interface: str = "",
+        protocol: Callable[[RegionService], RegionServer] = RegionServer,
+        handshakeTimeout: float = 30.0,
+        reactor: Any = None,
+        statusPath: Path | None = None,
+    ) -> None:
+        self.secret = secret
+        self._eventloop = eventloop
+        self.ports = list(ports)
+        self.interface = interface
+        self.protocol = protocol
+        self.handshakeTimeout = handshakeTimeout
+        self._reactor = reactor
+        self.statusPath = statusPath
+        self.connections: dict[str, set[RegionServer]] = {}
+        self.waiters: dict[str, set[Deferred[Client]]] = {}
+        self.starting: Deferred[Any] = Deferred()
+        self._port: Any = None
+
+    @property
+    def eventloop(self) -> str:
+        """This event-loop's name."""
+        return self._eventloop or eventloopName()
+
+    @property
+    def clock(self) -> Any:
+        """The reactor (or clock) this service uses."""
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            return reactor
+        return self._reactor
+
+    def startService(self) -> None:
+        """Start listening on the first free port; see :attr:`starting`.
+
+        :raises NoFreePort: when no port in ``ports`` can be bound.
+        """
+        super().startService()
+        try:
+            port = self._listen()
+        except NoFreePort as error:
+            log.error("{error}", error=error)
+            self.starting.errback(error)
+            self.starting.addErrback(lambda _: None)  # Raised instead.
+            raise
+        self.starting.callback(port)
+
+    def _listen(self) -> Any:
+        factory = _RegionFactory(self)
+        for port in self.ports:
+            try:
+                self._port = self.clock.listenTCP(
+                    port, factory, interface=self.interface
+                )
+            except CannotListenError:
+                continue
+            log.info(
+                "Region event-loop {name} listening for clusters on port {port}.",
+                name=self.eventloop,
+                port=self.getPort(),
+            )
+            self._writeStatus()
+            return self._port
+        first, last = (self.ports[0], self.ports[-1]) if self.ports else (0, 0)
+        raise NoFreePort(
+            self.interface,
+            f"{first}-{last}",
+            f"no free RPC port among {len(self.ports)} tried",
+        )
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening and drop every connection.
+
+        :return: a Deferred that fires once all connections are closed.
+        """
+        super().stopService()
+        waits = []
+        if self._port is not None:
+            waits.append(defer.maybeDeferred(self._port.stopListening))
+            self._port = None
+        for conns in list(self.connections.values()):
+            for conn in list(conns):
+                waits.append(conn.onConnectionLost)
+                conn.disconnect()
+        for waiters in self.waiters.values():
+            for waiter in list(waiters):
+                waiter.cancel()
+        self.waiters.clear()
+        if self.statusPath is not None:
+            self.statusPath.unlink(missing_ok=True)
+        return defer.DeferredList(waits).addCallback(lambda _: None)
+
+    def getPort(self) -> int | None:
+        """Return the port this service listens on.
+
+        :return: the port, or ``None`` when not listening.
+        """
+        if self._port is None:
+            return None
+        return int(self._port.getHost().port)
+
+    # Rotation.
+
+    def _addConnectionFor(self, uuid: str, conn: RegionServer) -> None:
+        self.connections.setdefault(uuid, set()).add(conn)
+        for waiter in self.waiters.pop(uuid, set()):
+            waiter.callback(Client(conn))
+        self._writeStatus()
+
+    def _removeConnectionFor(self, uuid: str | None, conn: RegionServer) -> None:
+        if uuid is None:
+            return
+        conns = self.connections.get(uuid)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.connections[uuid]
+        log.info(
+            "Cluster {uuid} at {peer} disconnected.", uuid=uuid, peer=peerAddress(conn)
+        )
+        self._writeStatus()
+
+    def _writeStatus(self) -> None:
+        if self.statusPath is None or not self.running:
+            return
+        status = {
+            "eventloop": self.eventloop,
+            "port": self.getPort(),
+            "clusters": sorted(self.connections),
+            "connections": sum(len(c) for c in self.connections.values()),
+        }
+        self.statusPath.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.statusPath.with_name(f".{self.statusPath.name}.tmp")
+        temp.write_text(json.dumps(status))
+        os.replace(temp, self.statusPath)
+
+    # Clients.
+
+    def getClientFor(self, uuid: str, timeout: float = 30) -> Deferred[Client]:
+        """Return a client for a random connection of cluster ``uuid``.
+
+        :param uuid: the cluster's UUID.
+        :param timeout: seconds to wait for the cluster to connect when it
+            has no connection now; 0 does not wait.
+        :return: a Deferred firing with a :class:`Client`, or failing with
+            :class:`NoConnectionsAvailable` (whose ``uuid`` is set) when the
+            cluster has no connection within ``timeout``.
+        """
+        conns = self.connections.get(uuid)
+        if conns:
+            return defer.succeed(Client(random.choice(list(conns))))
+        if timeout is None or timeout <= 0:
+            return defer.fail(self._noConnections(uuid))
+
+        def forget(d: Deferred[Client]) -> None:
+            waiters = self.waiters.get(uuid)
+            if waiters is not None:
+                waiters.discard(d)
+                if not waiters:
+                    del self.waiters[uuid]
+
+        waiter: Deferred[Client] = Deferred(forget)
+        self.waiters.setdefault(uuid, set()).add(waiter)
+
+        def timedOut(result: Any, seconds: float) -> Any:
+            if isinstance(result, Failure) and result.check(defer.CancelledError):
+                return Failure(self._noConnections(uuid, seconds))
+            return result
+
+        return waiter.addTimeout(timeout, self.clock, onTimeoutCancel=timedOut)
+
+    @staticmethod
+    def _noConnections(uuid: str, waited: float | None = None) -> Exception:
+        after = f" after waiting {waited} seconds" if waited else ""
+        return NoConnectionsAvailable(
+            f"no connection to cluster {uuid}{after}", uuid=uuid
+        )
+
+    def getAllClients(self) -> list[Client]:
+        """Return one client for each connection, of every cluster.
+
+        :return: a list of :class:`Client` (a cluster with several
+            connections appears once per connection).
+        """
+        return [Client(conn) for conns in self.connections.values() for conn in conns]
+
+
+def listAddresses(bind: str) -> list[str]:
+    """Return the addresses to advertise for a listening address.
+
+    :param bind: the address the RPC server listens on; ``""``, ``0.0.0.0``
+        or ``::`` for all interfaces.
+    :return: ``[bind]`` for one address; for all interfaces, every address of
+        this host that is not link-local (IPv4 first).
+    """
+    if bind not in ("", "0.0.0.0", "::"):
+        return [bind]
+    import ifaddr
+
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            address = ipaddress.ip_address(text.split("%")[0])
+            if address.is_link_local or (bind == "" and address.version == 6):
+                continue
+            found.append(str(address))
+    return sorted(set(found), key=lambda a: (":" in a, a))
+
+
+class RegionAdvertisingService(TimerService):
+    """Keeps this event-loop's RPC addresses in the advertisement store.
+
+    At start, and every ``interval`` seconds, it writes ``(name, address,
+    port)`` records and deletes every record (of any event-loop) not
+    refreshed for ``expiry`` seconds. At stop it removes its own records.
+
+    :param store: an
+        :class:`~maasserver.rpc.stores.IAdvertisementStore` provider.
+    :param rpc: the :class:`RegionService` whose port to advertise.
+    :param interval: seconds between refreshes.
+    :param expiry: seconds after which unrefreshed records are deleted.
+    :param clock: the clock for the period; the global reactor when ``None``.
+
+    :ivar advertising: a :class:`DeferredValue` set once the first
+        advertisement has been written.
+    """
+
+    name = "rpc-advertise"  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        store: Any,
+        rpc: RegionService,
+        *,
+        interval: float = 60.0,
+        expiry: float = 300.0,
+        clock: Any = None,
+    ) -> None:
+        super().__init__(interval, self._refresh)
+        self.store = store
+        self.rpc = rpc
+        self.expiry = expiry
+        self.clock = clock
+        self.advertising = DeferredValue()
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """Return the ``(address, port)`` pairs to advertise now.
+
+        :return: the pairs; empty when the RPC service is not listening.
+        """
+        port = self.rpc.getPort()
+        if port is None:
+            return []
+        return [(address, port) for address in listAddresses(self.rpc.interface)]
+
+    async def _refreshNow(self) -> None:
+        endpoints = self.endpoints()
+        if not endpoints:
+            return
+        await self.store.advertise(self.rpc.eventloop, endpoints)
+        if not self.advertising.isSet:
+            self.advertising.set(True)
+            log.info(
+                "Advertising event-loop {name} at {endpoints}.",
+                name=self.rpc.eventloop,
+                endpoints=endpoints,
+            )
+        expired = await self.store.expire(self.expiry)
+        if expired:
+            log.info("Deleted {n} stale event-loop advertisements.", n=expired)
+
+    def _refresh(self) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self._refreshNow())
+        d.addErrback(
+            lambda failure: log.failure(
+                "Could not advertise event-loop {name}; will try again.",
+                failure,
+                name=self.rpc.eventloop,
+            )
+        )
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        """Stop refreshing, and remove this event-loop's records.
+
+        :return: a Deferred that fires once removed.
+        """
+        d = defer.maybeDeferred(super().stopService)
+        d.addCallback(lambda _: self.store.withdraw(self.rpc.eventloop))
+        d.addErrback(
+            lambda failure: log.failure(
+                "Could not withdraw the advertisement of {name}.",
+                failure,
+                name=self.rpc.eventloop,
+            )
+        )
+        return d

@@ -91,10 +91,11 @@ def asynchronous(func: Callable[..., Any] | None = None, *, timeout: Any = None)
     """Mark a function as belonging to the reactor thread.
 
     In the reactor thread (or when no reactor runs at all) the decorated
-    function is called directly and its result returned unchanged. From any other thread it is scheduled in the
-    reactor with :func:`crochet.run_in_reactor`; without a ``timeout`` the
-    caller gets a :class:`crochet.EventualResult`, with one the caller blocks
-    until the result arrives and gets it (or its exception).
+    function is called directly and its result returned unchanged. From any
+    other thread it is scheduled in the reactor with
+    :func:`crochet.run_in_reactor`; without a ``timeout`` the caller gets a
+    :class:`crochet.EventualResult`, with one the caller blocks until the
+    result arrives and gets it (or its exception).
 
     Use it bare (``@asynchronous``) or with a timeout
     (``@asynchronous(timeout=FOREVER)``).

@@ -24,7 +24,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.tcp import makeBinding
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import NoResource, Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 __all__ = ["DiscoveryResource", "WebService", "makeSite"]
@@ -45,7 +46,7 @@ class DiscoveryResource(Resource):
         super().__init__()
         self.advertising = advertising
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         """Serve ``/rpc/`` as ``/rpc``; nothing lies below.
 
         :param path: the next path segment.
@@ -54,7 +55,7 @@ class DiscoveryResource(Resource):
         """
         if path == b"":
             return self
-        return NoResource()
+        return notFound()
 
     def render_GET(self, request: Request) -> Any:
         """Answer with the advertised event-loops, as JSON.
@@ -99,6 +100,13 @@ class DiscoveryResource(Resource):
         request.finish()
 
 
+class _Directory(Resource):
+    """A resource with children only; anything else is a plain 404."""
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return notFound()
+
+
 def makeSite(advertising: Any) -> Site:
     """Build the region's web site.
 
@@ -106,8 +114,8 @@ def makeSite(advertising: Any) -> Site:
         :class:`DiscoveryResource`).
     :return: a :class:`~twisted.web.server.Site` serving ``/MAAS/rpc/``.
     """
-    root = Resource()
-    maas = Resource()
+    root = _Directory()
+    maas = _Directory()
     root.putChild(b"MAAS", maas)
     maas.putChild(b"rpc", DiscoveryResource(advertising))
     site = Site(root)

@@ -509,7 +509,9 @@ class ClusterClientService(Service):
         import treq
 
         async def fetch() -> bytes:
-            response = await treq.get(url, timeout=self.connectTimeout)
+            response = await treq.get(
+                url, timeout=self.connectTimeout, persistent=False
+            )
             body = await treq.content(response)
             if response.code != 200:
                 raise DiscoveryError(f"HTTP {response.code} from {url}")

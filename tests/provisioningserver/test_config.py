@@ -1,0 +1,136 @@
+"""Configuration is parsed and checked before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.python import usage
+
+from maasserver.config import RegionConfig
+from provisioningserver.config import (
+    ClusterConfig,
+    ConfigError,
+    env_float,
+    parse_maas_url,
+    parse_ports,
+)
+from provisioningserver.security import install_shared_secret
+
+SECRET = bytes(range(16))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("5250", range(5250, 5251)), ("5250-5259", range(5250, 5260)), ("0", range(1))],
+)
+def test_parse_ports(text, expected):
+    assert parse_ports(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "5259-5250", "0-10", "70000", "-1", "1-x"])
+def test_parse_ports_refuses(text):
+    with pytest.raises(ConfigError, match="MAAS_RPC_PORTS"):
+        parse_ports(text)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://x/MAAS", "localhost:5240", "http:///MAAS", "http://h:port/MAAS"]
+)
+def test_parse_maas_url_refuses(url):
+    with pytest.raises(ConfigError, match="MAAS_URL"):
+        parse_maas_url(url)
+
+
+def test_parse_maas_url_strips_trailing_slash():
+    assert parse_maas_url("http://r:5240/MAAS/") == "http://r:5240/MAAS"
+
+
+@pytest.mark.parametrize("text", ["x", "0", "-1", "nan", "inf"])
+def test_env_float_refuses(text):
+    with pytest.raises(ConfigError, match="MAAS_RPC_X"):
+        env_float({"MAAS_RPC_X": text}, "MAAS_RPC_X", 1.0)
+
+
+def test_cluster_config_from_env(tmp_path):
+    install_shared_secret(tmp_path / "secret", SECRET)
+    config = ClusterConfig.from_env(
+        {
+            "MAAS_RPC_DATA_DIR": str(tmp_path),
+            "MAAS_URL": "http://127.0.0.1:5240/MAAS/",
+            "MAAS_RPC_POLL_PARTIAL": "0.5",
+        }
+    )
+    assert config.secret == SECRET
+    assert config.maas_url == "http://127.0.0.1:5240/MAAS"
+    assert config.poll_partial == 0.5
+    # The UUID is generated once and kept.
+    again = ClusterConfig.from_env({"MAAS_RPC_DATA_DIR": str(tmp_path)})
+    assert again.cluster_uuid == config.cluster_uuid
+    # Overrides (the CLI's flags) take precedence.
+    flagged = ClusterConfig.from_env(
+        {"MAAS_RPC_DATA_DIR": str(tmp_path)},
+        MAAS_RPC_CLUSTER_UUID="5d0e8c1e-0bb4-4c55-9d54-6c1b7ad0b6a9",
+    )
+    assert flagged.cluster_uuid == "5d0e8c1e-0bb4-4c55-9d54-6c1b7ad0b6a9"
+
+
+def test_cluster_config_without_secret_says_how_to_fix(tmp_path):
+    with pytest.raises(ConfigError, match="MAAS_RPC_SECRET_FILE"):
+        ClusterConfig.from_env({"MAAS_RPC_DATA_DIR": str(tmp_path)})
+
+
+def test_cluster_config_refuses_bad_uuid(tmp_path):
+    install_shared_secret(tmp_path / "secret", SECRET)
+    with pytest.raises(ConfigError, match="not a UUID"):
+        ClusterConfig.from_env(
+            {"MAAS_RPC_DATA_DIR": str(tmp_path), "MAAS_RPC_CLUSTER_UUID": "nope"}
+        )
+
+
+def test_region_config_from_env(tmp_path):
+    config = RegionConfig.from_env(
+        {
+            "MAAS_RPC_DATA_DIR": str(tmp_path),
+            "MAAS_RPC_PORTS": "0",
+            "MAAS_RPC_BIND": "127.0.0.1",
+            "MAAS_RPC_HTTP_PORT": "0",
+        }
+    )
+    assert config.ports == range(1)
+    assert config.bind == "127.0.0.1"
+    assert config.secret_path == tmp_path / "secret"
+    assert RegionConfig.from_env({"MAAS_RPC_DATA_DIR": str(tmp_path)}).ports == range(
+        5250, 5260
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAAS_RPC_BIND", "not-an-address"),
+        ("MAAS_RPC_HTTP_PORT", "99999"),
+        ("MAAS_RPC_PORTS", "abc"),
+        ("MAAS_RPC_HANDSHAKE_TIMEOUT", "soon"),
+        ("MAAS_RPC_STATUS", "maybe"),
+    ],
+)
+def test_region_config_refuses(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        RegionConfig.from_env({"MAAS_RPC_DATA_DIR": str(tmp_path), name: value})
+
+
+def test_plugin_options_report_bad_configuration_as_usage_errors(tmp_path, monkeypatch):
+    from maasserver.plugin import Options as RegionOptions
+    from provisioningserver.plugin import Options as ClusterOptions
+
+    monkeypatch.setenv("MAAS_RPC_DATA_DIR", str(tmp_path))
+    with pytest.raises(usage.UsageError, match="secret"):
+        ClusterOptions().parseOptions([])
+    with pytest.raises(usage.UsageError, match="MAAS_RPC_PORTS"):
+        RegionOptions().parseOptions(["--ports", "abc"])
+    with pytest.raises(usage.UsageError, match="module:Class"):
+        RegionOptions().parseOptions(["--protocol", "nonsense"])
+    install_shared_secret(tmp_path / "secret", SECRET)
+    with pytest.raises(usage.UsageError, match="not a subclass of ClusterClient"):
+        ClusterOptions().parseOptions(
+            ["--protocol", "provisioningserver.rpc.common:Client"]
+        )

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import socket
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,15 @@ from provisioningserver.rpc.exceptions import (
     NoConnectionsAvailable,
 )
 from provisioningserver.rpc.handshake import (
+    REGION,
     HandshakeDeadline,
+    ReflectedChallenge,
     answerChallenge,
     challengePeer,
 )
+from provisioningserver.rpc.limits import Limits
 from provisioningserver.rpc.region import Authenticate, Identify, Register
+from provisioningserver.twisted.protocols import amp
 from provisioningserver.utils.twisted import DeferredValue
 
 __all__ = [
@@ -81,7 +86,7 @@ class Region(RPCProtocol):
     """
 
     def __init__(self, service: RegionService) -> None:
-        super().__init__()
+        super().__init__(limits=service.limits)
         self.service = service
 
     @Identify.responder
@@ -99,7 +104,11 @@ class Region(RPCProtocol):
         :param message: the cluster's challenge.
         :return: ``digest`` and ``salt``.
         """
-        return answerChallenge(self.service.secret, message)
+        try:
+            return answerChallenge(self.service.secret, message, REGION)
+        except ReflectedChallenge as error:
+            self._reflected(error)
+            raise
 
     @Register.responder
     def register(
@@ -141,6 +150,16 @@ class RegionServer(Region):
     :ivar registered: whether the connection is in rotation.
     """
 
+    #: Until the cluster has authenticated and registered, only these are
+    #: dispatched.
+    handshakeCommands = frozenset(
+        cmd.commandName for cmd in (Identify, Authenticate, Register, amp.StartTLS)
+    )
+
+    #: The address counted against the unauthenticated-connection limit,
+    #: until the handshake completes.
+    _admittedFrom: str | None = None
+
     def __init__(self, service: RegionService) -> None:
         super().__init__(service)
         self.authenticated = DeferredValue()
@@ -164,7 +183,7 @@ class RegionServer(Region):
     async def _checkCluster(self) -> None:
         response = await self.callRemote(Identify)
         self.ident = response["ident"]
-        if not await challengePeer(self, self.service.secret):
+        if not await challengePeer(self, self.service.secret, REGION):
             raise AuthenticationFailed(
                 f"cluster {self.ident} gave a wrong digest: it does not know "
                 "the shared secret"
@@ -207,7 +226,7 @@ class RegionServer(Region):
         :param uuid: the cluster's UUID; must be what it answered to
             ``Identify``.
         :param networks: the cluster's networks (kept as
-            :attr:`networks`).
+            ``networks``).
         :param url: the ``MAAS_URL`` the cluster used.
         :param ip_addr_json: the cluster's addresses as JSON.
         :return: a Deferred firing ``{}``.
@@ -234,7 +253,7 @@ class RegionServer(Region):
             )
             # Dropped once the refusal has been sent.
             self._failureLogged = True
-            self.service.clock.callLater(0, self.disconnect)
+            self._dropAfterAnswer = True
             raise CannotRegisterCluster(
                 f"UUID {uuid} is not the identity {self.ident} this connection gave"
             )
@@ -243,6 +262,8 @@ class RegionServer(Region):
         if self._deadline is not None:
             self._deadline.done()
         self.registered = True
+        self.peerAuthenticated = True
+        self.service._releaseUnauthenticated(self)
         self.service._addConnectionFor(uuid, self)
         log.info(
             "Cluster {uuid} at {peer} registered.", uuid=uuid, peer=peerAddress(self)
@@ -267,6 +288,7 @@ class RegionServer(Region):
                 )
         if not self.authenticated.isSet:
             self.authenticated.set(False)
+        self.service._releaseUnauthenticated(self)
         if self.registered:
             self.registered = False
             self.service._removeConnectionFor(self.ident, self)
@@ -282,9 +304,13 @@ class _RegionFactory(Factory):
     def __init__(self, service: RegionService) -> None:
         self.service = service
 
-    def buildProtocol(self, addr: Any) -> RegionServer:
+    def buildProtocol(self, addr: Any) -> RegionServer | None:
+        host = getattr(addr, "host", str(addr))
+        if not self.service._admitUnauthenticated(host):
+            return None  # Twisted closes the connection.
         proto = self.service.protocol(self.service)
         proto.factory = self
+        proto._admittedFrom = host
         return proto
 
 
@@ -292,7 +318,7 @@ class RegionService(Service):
     """Accepts cluster connections, and hands out clients for them.
 
     It listens on the first free port of ``ports``. Connections enter
-    :attr:`connections` (UUID → set of connections; a cluster that runs
+    ``connections`` (UUID → set of connections; a cluster that runs
     several processes for high availability has several) once the handshake
     completes.
 
@@ -312,6 +338,8 @@ class RegionService(Service):
     :param statusPath: a file in which to keep this event-loop's status (its
         name, port and connected clusters, as JSON), rewritten on each
         change; none when ``None``.
+    :param limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
+        to each cluster connection; the defaults when ``None``.
 
     :ivar connections: UUID → set of :class:`RegionServer`.
     :ivar starting: a Deferred that fires once listening (or fails).
@@ -330,8 +358,11 @@ class RegionService(Service):
         handshakeTimeout: float = 30.0,
         reactor: Any = None,
         statusPath: Path | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.secret = secret
+        self.limits = limits if limits is not None else Limits()
+        self._unauthenticated: Counter[str] = Counter()
         self._eventloop = eventloop
         self.ports = list(ports)
         self.interface = interface
@@ -359,7 +390,7 @@ class RegionService(Service):
         return self._reactor
 
     def startService(self) -> None:
-        """Start listening on the first free port; see :attr:`starting`.
+        """Start listening on the first free port; see ``starting``.
 
         :raises NoFreePort: when no port in ``ports`` can be bound.
         """
@@ -426,6 +457,30 @@ class RegionService(Service):
         if self._port is None:
             return None
         return int(self._port.getHost().port)
+
+    # Connections not yet authenticated, per source address.
+
+    def _admitUnauthenticated(self, host: str) -> bool:
+        limit = self.limits.maxUnauthenticatedPerAddress
+        if self._unauthenticated[host] >= limit:
+            log.warn(
+                "Refused a connection from {host}: {limit} connections from it "
+                "are already in the handshake.",
+                host=host,
+                limit=limit,
+            )
+            return False
+        self._unauthenticated[host] += 1
+        return True
+
+    def _releaseUnauthenticated(self, conn: RegionServer) -> None:
+        host = getattr(conn, "_admittedFrom", None)
+        if host is None:
+            return
+        conn._admittedFrom = None
+        self._unauthenticated[host] -= 1
+        if self._unauthenticated[host] <= 0:
+            del self._unauthenticated[host]
 
     # Rotation.
 

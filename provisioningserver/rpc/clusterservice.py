@@ -34,11 +34,15 @@ from provisioningserver.rpc.exceptions import (
     RegistrationFailed,
 )
 from provisioningserver.rpc.handshake import (
+    CLUSTER,
     HandshakeDeadline,
+    ReflectedChallenge,
     answerChallenge,
     challengePeer,
 )
+from provisioningserver.rpc.limits import Limits
 from provisioningserver.rpc.region import Register
+from provisioningserver.twisted.protocols import amp
 from provisioningserver.utils.twisted import DeferredValue
 
 __all__ = [
@@ -99,7 +103,7 @@ class Cluster(RPCProtocol):
     """
 
     def __init__(self, service: ClusterClientService) -> None:
-        super().__init__()
+        super().__init__(limits=service.limits)
         self.service = service
 
     @Identify.responder
@@ -118,7 +122,11 @@ class Cluster(RPCProtocol):
         :param message: the region's challenge.
         :return: ``digest`` and ``salt``.
         """
-        return answerChallenge(self.service.secret, message)
+        try:
+            return answerChallenge(self.service.secret, message, CLUSTER)
+        except ReflectedChallenge as error:
+            self._reflected(error)
+            raise
 
     @EatCheez.responder
     def eat_cheez(self, name: str, origin: str) -> dict[str, int]:
@@ -150,6 +158,12 @@ class ClusterClient(Cluster):
         authenticated and registered, or failed with the reason it is not.
     """
 
+    #: Until the region has proved it knows the secret, only these are
+    #: dispatched.
+    handshakeCommands = frozenset(
+        cmd.commandName for cmd in (Identify, Authenticate, amp.StartTLS)
+    )
+
     def __init__(
         self,
         service: ClusterClientService,
@@ -176,11 +190,12 @@ class ClusterClient(Cluster):
         d.addCallbacks(self._handshakeDone, self._handshakeFailed)
 
     async def _handshake(self) -> None:
-        if not await challengePeer(self, self.service.secret):
+        if not await challengePeer(self, self.service.secret, CLUSTER):
             raise AuthenticationFailed(
                 f"region event-loop {self.eventloop} gave a wrong digest: it "
                 "does not know the shared secret"
             )
+        self.peerAuthenticated = True
         try:
             await self.callRemote(
                 Register, uuid=self.service.uuid, url=self.service.maasURL
@@ -286,6 +301,8 @@ class ClusterClientService(Service):
         treq when ``None``.
     :param connect: a function ``(host, port, factory)`` returning a
         Deferred of the connected protocol; a TCP connection when ``None``.
+    :param limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
+        to each region connection; the defaults when ``None``.
 
     :ivar connections: event-loop name → its ready :class:`ClusterClient`.
     """
@@ -305,8 +322,10 @@ class ClusterClientService(Service):
         reactor: Any = None,
         fetch: Callable[[str], Deferred[bytes]] | None = None,
         connect: Callable[..., Deferred[Any]] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.maasURL = maasURL.rstrip("/")
+        self.limits = limits if limits is not None else Limits()
         self.secret = secret
         self.uuid = uuid
         self.protocol = protocol

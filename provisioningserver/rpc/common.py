@@ -23,13 +23,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from provisioningserver.rpc.exceptions import ArgumentTooLarge, CallTimedOut
+from provisioningserver.rpc.exceptions import (
+    ArgumentTooLarge,
+    CallTimedOut,
+    NotAuthenticated,
+)
 from provisioningserver.rpc.interfaces import IConnection
+from provisioningserver.rpc.limits import Limits
 from provisioningserver.twisted.protocols import amp
 from provisioningserver.utils.twisted import asynchronous
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
+    "NOT_AUTHENTICATED",
+    "TOO_MANY_ASKS",
     "Authenticate",
     "Client",
     "Identify",
@@ -42,6 +49,13 @@ log = Logger()
 #: Seconds a call made through a :class:`Client` may take, unless the call
 #: passes ``_timeout``.
 DEFAULT_CALL_TIMEOUT = 120.0
+
+#: The error code of a command refused because the peer is not
+#: authenticated yet.
+NOT_AUTHENTICATED = b"NOT_AUTHENTICATED"
+
+#: The error code sent when a peer has too many commands in progress.
+TOO_MANY_ASKS = b"TOO_MANY_ASKS"
 
 
 class Identify(amp.Command):
@@ -109,7 +123,17 @@ class RPCProtocol(amp.AMP):
       anything is sent;
     * a call's Deferred can be cancelled: its entry among the outstanding
       requests is released at once, and the answer, if it ever comes, is
-      dropped quietly.
+      dropped quietly;
+    * when :attr:`handshakeCommands` is set, only those commands are
+      dispatched until :attr:`peerAuthenticated` is true; any other is
+      refused with the non-fatal error code ``NOT_AUTHENTICATED`` (raised in
+      a caller of this package as
+      :class:`~provisioningserver.rpc.exceptions.NotAuthenticated`), logged
+      with the peer's address, and its responder never runs;
+    * a peer with more commands in progress than
+      ``limits.maxOutstandingAsks``, or that leaves more than
+      ``limits.maxUnsentBytes`` unread, is dropped and logged. While the
+      peer does not read, this side stops reading from it too.
 
     :ivar onConnectionMade: a Deferred that fires with ``None`` when the
         connection is made.
@@ -118,22 +142,88 @@ class RPCProtocol(amp.AMP):
     :ivar ident: the peer's identity once known (see
         :class:`~provisioningserver.rpc.interfaces.IConnection`), else
         ``None``.
+    :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
+        to the peer.
+    :ivar refused: how many commands the authentication gate refused.
     """
 
     #: The largest value AMP can carry.
     maxValueLength = amp.MAX_VALUE_LENGTH
 
+    #: Commands dispatched before the peer is authenticated; ``None`` for no
+    #: gate (every command is dispatched).
+    handshakeCommands: frozenset[bytes] | None = None
+
+    #: Whether the peer has completed the handshake.
+    peerAuthenticated = False
+
     ident: str | None = None
 
-    def __init__(self, boxReceiver: Any = None, locator: Any = None) -> None:
+    def __init__(
+        self,
+        boxReceiver: Any = None,
+        locator: Any = None,
+        *,
+        limits: Limits | None = None,
+    ) -> None:
         super().__init__(boxReceiver=boxReceiver, locator=locator)
         self.onConnectionMade: Deferred[None] = Deferred()
         self.onConnectionLost: Deferred[None] = Deferred()
+        self.limits = limits if limits is not None else Limits()
+        self.refused = 0
+        self._inProgress = 0
+        self._writePaused = False
+        self._unsentWhilePaused = 0
+        self._dropAfterAnswer = False
 
     def connectionMade(self) -> None:
-        """Fire ``onConnectionMade``."""
+        """Register for back-pressure and fire ``onConnectionMade``."""
         super().connectionMade()
+        # As a streaming producer, this protocol hears when the transport's
+        # send buffer is full (pauseProducing) and drained (resumeProducing).
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self.onConnectionMade.callback(None)
+
+    # Back-pressure (IPushProducer).
+
+    def pauseProducing(self) -> None:
+        """The peer is not reading: stop reading from it, and start counting
+        what waits unsent."""
+        self._writePaused = True
+        self._unsentWhilePaused = 0
+        pause = getattr(self.transport, "pauseProducing", None)
+        if pause is not None:
+            pause()
+
+    def resumeProducing(self) -> None:
+        """The peer reads again: read from it again."""
+        self._writePaused = False
+        self._unsentWhilePaused = 0
+        self._dropAfterAnswer = False
+        resume = getattr(self.transport, "resumeProducing", None)
+        if resume is not None:
+            resume()
+
+    def stopProducing(self) -> None:
+        """The transport is going away; nothing to do."""
+
+    def sendBox(self, box: amp.AmpBox) -> None:
+        """Send a box; drop a peer that leaves too much unread.
+
+        :param box: the box.
+        """
+        if self._writePaused:
+            self._unsentWhilePaused += sum(len(k) + len(v) + 4 for k, v in box.items())
+            if self._unsentWhilePaused > self.limits.maxUnsentBytes:
+                log.warn(
+                    "Peer {peer} left more than {limit} bytes unread; dropping "
+                    "the connection.",
+                    peer=peerAddress(self),
+                    limit=self.limits.maxUnsentBytes,
+                )
+                self.abort()
+                raise ConnectionError("peer does not read; connection dropped")
+        super().sendBox(box)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Fail outstanding calls, then fire ``onConnectionLost``.
@@ -150,6 +240,28 @@ class RPCProtocol(amp.AMP):
         """
         transport = self.transport
         return transport is not None and not getattr(transport, "disconnecting", False)
+
+    def _reflected(self, error: Exception) -> None:
+        """Log a reflected or relayed challenge, and drop the connection once
+        the refusal is sent."""
+        log.error(
+            "Peer {peer} sent a challenge issued by our own side: {error}; "
+            "dropping the connection.",
+            peer=peerAddress(self),
+            error=error,
+        )
+        self._dropAfterAnswer = True
+
+    def _safeEmit(self, aBox: amp.AmpBox) -> None:
+        super()._safeEmit(aBox)
+        if self._dropAfterAnswer:
+            self.disconnect()
+
+    def abort(self) -> None:
+        """Close the connection at once, discarding pending output."""
+        transport = self.transport
+        if transport is not None:
+            transport.abortConnection()  # type: ignore[attr-defined]
 
     def disconnect(self) -> None:
         """Close the connection, if it is open, once pending output is sent."""
@@ -244,8 +356,11 @@ class RPCProtocol(amp.AMP):
         errorCode = box[amp.ERROR_CODE]
         description = box[amp.ERROR_DESCRIPTION].decode("utf-8", "replace")
         errorType = amp.PROTOCOL_ERRORS.get(errorCode)
-        if errorType is None:
-            error: Exception = amp.RemoteAmpError(errorCode, description)
+        if errorCode == NOT_AUTHENTICATED:
+            # Not an AMP error, so no command's error mapping hides it.
+            error: Exception = NotAuthenticated(description)
+        elif errorType is None:
+            error = amp.RemoteAmpError(errorCode, description)
         else:
             error = errorType(errorCode, description)
         question.errback(Failure(error))
@@ -263,7 +378,8 @@ class RPCProtocol(amp.AMP):
     # Receiving commands.
 
     def dispatchCommand(self, box: amp.AmpBox) -> Deferred[amp.AmpBox]:
-        """Dispatch a received command to its responder.
+        """Dispatch a received command to its responder, if the gate and the
+        limits allow.
 
         An exception that is not already an AMP error (a declared error, or an
         unknown command) becomes a non-fatal ``UNKNOWN`` error carrying a
@@ -272,8 +388,45 @@ class RPCProtocol(amp.AMP):
         :param box: the command box.
         :return: a Deferred with the answer box.
         """
+        command = box[amp.COMMAND]
+        gate = self.handshakeCommands
+        if gate is not None and not self.peerAuthenticated and command not in gate:
+            return self._refuse(command)
+        if self._inProgress >= self.limits.maxOutstandingAsks:
+            log.warn(
+                "Peer {peer} has more than {limit} commands in progress; "
+                "dropping the connection.",
+                peer=peerAddress(self),
+                limit=self.limits.maxOutstandingAsks,
+            )
+            self.abort()
+            return fail(
+                amp.RemoteAmpError(TOO_MANY_ASKS, "too many commands in progress")
+            )
+        self._inProgress += 1
         d = super().dispatchCommand(box)
+        d.addBoth(self._dispatched)
         return d.addErrback(self._undeclaredError, box)
+
+    def _dispatched(self, result: Any) -> Any:
+        self._inProgress -= 1
+        return result
+
+    def _refuse(self, command: bytes) -> Deferred[amp.AmpBox]:
+        self.refused += 1
+        name = command.decode("ascii", "replace")
+        log.warn(
+            "Refused {command} from {peer}: the peer has not completed the handshake.",
+            command=name,
+            peer=peerAddress(self),
+        )
+        return fail(
+            amp.RemoteAmpError(
+                NOT_AUTHENTICATED,
+                f"{name} refused: the handshake is not complete",
+                fatal=False,
+            )
+        )
 
     def _undeclaredError(self, failure: Failure, box: amp.AmpBox) -> Failure:
         if failure.check(amp.RemoteAmpError):

@@ -18,6 +18,7 @@ __all__ = [
     "NoConnectionsAvailable",
     "NoSuchCheese",
     "NoSuchCluster",
+    "NotAuthenticated",
     "RegistrationFailed",
 ]
 
@@ -49,6 +50,11 @@ class NoSuchCluster(Exception):
 
 class AuthenticationFailed(Exception):
     """The peer did not prove that it knows the shared secret."""
+
+
+class NotAuthenticated(Exception):
+    """The peer refused a command because this side has not completed the
+    handshake (wire code ``NOT_AUTHENTICATED``)."""
 
 
 class RegistrationFailed(Exception):

@@ -10,10 +10,26 @@ the architecture documentation):
   it, then calls ``Register`` with its UUID.
 
 A connection that does not finish within the handshake timeout is dropped.
+
+Reflection and relay
+--------------------
+
+A peer without the secret might try to authenticate by sending a challenge
+it received back to the process that issued it (reflection), or on to
+another process that shares the secret (relay), and replaying the answer. To
+stop both while keeping the 16-byte wire format, a challenge is an 8-byte
+random nonce followed by the first 8 bytes of ``HMAC-SHA256(secret, role ‖
+nonce)``, where ``role`` names the side that issued it (:data:`REGION` or
+:data:`CLUSTER`). A side refuses to answer a challenge that carries its own
+role's tag, so a region process never answers a challenge issued by any
+region process, nor a cluster one issued by any cluster. A MAAS peer's
+challenge (16 random bytes) carries no valid tag and is answered as before.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from typing import Any
 
@@ -21,14 +37,20 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from provisioningserver.rpc.common import Authenticate, peerAddress
+from provisioningserver.rpc.exceptions import AuthenticationFailed
 from provisioningserver.security import calculate_digest, digests_match
 
 __all__ = [
     "CHALLENGE_BYTES",
+    "CLUSTER",
+    "REGION",
     "SALT_BYTES",
     "HandshakeDeadline",
+    "ReflectedChallenge",
     "answerChallenge",
     "challengePeer",
+    "isOwnChallenge",
+    "makeChallenge",
 ]
 
 log = Logger()
@@ -40,19 +62,75 @@ CHALLENGE_BYTES = 16
 SALT_BYTES = 16
 
 
-def answerChallenge(secret: bytes, message: bytes) -> dict[str, bytes]:
+#: The role tag of challenges issued by region processes.
+REGION = b"maas-rpc:region"
+
+#: The role tag of challenges issued by cluster processes.
+CLUSTER = b"maas-rpc:cluster"
+
+_NONCE_BYTES = 8
+
+
+class ReflectedChallenge(AuthenticationFailed):
+    """A peer sent a challenge issued by a process of this side's role: a
+    reflection or relay attempt."""
+
+
+def _tag(secret: bytes, role: bytes, nonce: bytes) -> bytes:
+    digest = hmac.new(secret, role + nonce, hashlib.sha256).digest()
+    return digest[: CHALLENGE_BYTES - _NONCE_BYTES]
+
+
+def makeChallenge(secret: bytes, role: bytes) -> bytes:
+    """Make a fresh challenge that records which side issued it.
+
+    :param secret: the raw shared secret.
+    :param role: :data:`REGION` or :data:`CLUSTER`, the issuing side.
+    :return: 16 bytes: a random nonce and its role tag.
+    """
+    nonce = os.urandom(_NONCE_BYTES)
+    return nonce + _tag(secret, role, nonce)
+
+
+def isOwnChallenge(secret: bytes, role: bytes, message: bytes) -> bool:
+    """Tell whether ``message`` is a challenge issued by a process of
+    ``role``.
+
+    :param secret: the raw shared secret.
+    :param role: the role to check for.
+    :param message: a received challenge.
+    :return: ``True`` when it carries ``role``'s tag.
+    """
+    if len(message) != CHALLENGE_BYTES:
+        return False
+    nonce, tag = message[:_NONCE_BYTES], message[_NONCE_BYTES:]
+    return hmac.compare_digest(_tag(secret, role, nonce), tag)
+
+
+def answerChallenge(
+    secret: bytes, message: bytes, role: bytes | None = None
+) -> dict[str, bytes]:
     """Answer an ``Authenticate`` challenge.
 
     :param secret: the raw shared secret.
     :param message: the challenge received.
+    :param role: the answering side's role; a challenge issued by that role
+        is refused. ``None`` answers anything (as MAAS does).
     :return: the ``Authenticate`` response: ``digest`` and a fresh ``salt``.
+    :raises ReflectedChallenge: when ``message`` was issued by a process of
+        ``role``.
     """
+    if role is not None and isOwnChallenge(secret, role, message):
+        raise ReflectedChallenge(
+            f"refusing to answer a challenge issued by a {role.decode()} "
+            "process: a reflection or relay attempt"
+        )
     salt = os.urandom(SALT_BYTES)
     return {"digest": calculate_digest(secret, message, salt), "salt": salt}
 
 
-async def _challenge(conn: Any, secret: bytes) -> bool:
-    message = os.urandom(CHALLENGE_BYTES)
+async def _challenge(conn: Any, secret: bytes, role: bytes) -> bool:
+    message = makeChallenge(secret, role)
     response = await conn.callRemote(Authenticate, message=message)
     salt = response["salt"]
     if len(salt) != SALT_BYTES:
@@ -61,15 +139,17 @@ async def _challenge(conn: Any, secret: bytes) -> bool:
     return digests_match(expected, response["digest"])
 
 
-def challengePeer(conn: Any, secret: bytes) -> Deferred[bool]:
-    """Challenge the peer with a fresh random message and check its answer.
+def challengePeer(conn: Any, secret: bytes, role: bytes) -> Deferred[bool]:
+    """Challenge the peer with a fresh message and check its answer.
 
     :param conn: the connection (an AMP protocol).
     :param secret: the raw shared secret.
+    :param role: this side's role (:data:`REGION` or :data:`CLUSTER`), tagged
+        into the challenge.
     :return: a Deferred firing ``True`` when the peer's digest is right,
         ``False`` when it is wrong; it fails when the call itself fails.
     """
-    return Deferred.fromCoroutine(_challenge(conn, secret))
+    return Deferred.fromCoroutine(_challenge(conn, secret, role))
 
 
 class HandshakeDeadline:
@@ -95,9 +175,7 @@ class HandshakeDeadline:
             peer=peerAddress(self._proto),
             timeout=self._timeout,
         )
-        transport = self._proto.transport
-        if transport is not None:
-            transport.abortConnection()
+        self._proto.abort()
 
     @property
     def expired(self) -> bool:

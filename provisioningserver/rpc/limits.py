@@ -1,0 +1,68 @@
+"""Bounds on what a peer may cost before and after it is trusted.
+
+A peer that has not authenticated can still open connections, send asks and
+refuse to read answers. These limits keep one such peer from exhausting a
+process; a peer over a limit is dropped and logged, and the others are
+unaffected.
+
+Environment variables (both sides):
+
+``MAAS_RPC_MAX_UNAUTHENTICATED``
+    Connections from one source address that may be in the handshake at
+    once (region side; default 16).
+``MAAS_RPC_MAX_OUTSTANDING``
+    Commands from one connection that may be in progress at once (default
+    1000).
+``MAAS_RPC_MAX_UNSENT``
+    Bytes of answers and calls that may wait in one connection's send buffer
+    while the peer does not read (default 64 MiB).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from provisioningserver.config import env_int
+
+__all__ = ["Limits"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits one process applies to each peer.
+
+    :ivar maxUnauthenticatedPerAddress: connections from one address that may
+        be unauthenticated at once.
+    :ivar maxOutstandingAsks: commands from one connection that may be in
+        progress at once.
+    :ivar maxUnsentBytes: bytes that may wait unsent on one connection while
+        its peer does not read.
+    """
+
+    maxUnauthenticatedPerAddress: int = 16
+    maxOutstandingAsks: int = 1000
+    maxUnsentBytes: int = 64 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
+        """Read the limits from the environment.
+
+        :param environ: the environment; ``os.environ`` when ``None``.
+        :return: the limits.
+        :raises provisioningserver.config.ConfigError: when a value is not a
+            positive whole number.
+        """
+        env = os.environ if environ is None else environ
+        return cls(
+            maxUnauthenticatedPerAddress=env_int(
+                env, "MAAS_RPC_MAX_UNAUTHENTICATED", 16, minimum=1
+            ),
+            maxOutstandingAsks=env_int(
+                env, "MAAS_RPC_MAX_OUTSTANDING", 1000, minimum=1
+            ),
+            maxUnsentBytes=env_int(
+                env, "MAAS_RPC_MAX_UNSENT", 64 * 1024 * 1024, minimum=65536
+            ),
+        )

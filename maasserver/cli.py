@@ -9,6 +9,9 @@
     starts N of; the same as ``twistd -n maas-regiond``).
 ``maas-rpc cluster``
     Runs one cluster process (the same as ``twistd -n maas-clusterd``).
+``maas-rpc tls-init DIR``
+    Makes a CA and region and cluster certificates in DIR, for a test or
+    demo installation with mutual TLS.
 ``maas-rpc demo``
     Needs no configuration: starts a region of two event-loops and three
     clusters on 127.0.0.1, shows the mesh forming, calls ``EatCheez`` on
@@ -50,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         "eventloop", help="run one region event-loop process", add_help=False
     )
     commands.add_parser("cluster", help="run one cluster process", add_help=False)
+    tls_init = commands.add_parser(
+        "tls-init", help="make a test CA and region and cluster certificates"
+    )
+    tls_init.add_argument("directory", help="where to write the PEM files")
     demo = commands.add_parser("demo", help="run the self-contained demo")
     demo.add_argument(
         "--timeout",
@@ -168,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     parsed = parser.parse_args(args)
     if parsed.command == "region":
         return _region(parsed.workers)
+    if parsed.command == "tls-init":
+        from provisioningserver.rpc.tls import makeTestPKI
+
+        for name, path in sorted(makeTestPKI(parsed.directory).items()):
+            print(f"{name}: {path}")
+        return 0
     if parsed.command == "demo":
         from maasserver.demo import run_demo
 

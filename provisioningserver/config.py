@@ -24,6 +24,11 @@ Variables a cluster reads (see :class:`ClusterConfig`):
 ``MAAS_RPC_POLL_DISCONNECTED``, ``MAAS_RPC_POLL_PARTIAL``, ``MAAS_RPC_POLL_CONNECTED``
     Seconds between discovery polls with no connection (default 2), with
     some (10), and with every advertised event-loop connected (30).
+``MAAS_RPC_TLS_CA``, ``MAAS_RPC_TLS_CERT``, ``MAAS_RPC_TLS_KEY``
+    PEM files that turn on mutual TLS (see :mod:`provisioningserver.rpc.tls`);
+    all three or none.
+``MAAS_RPC_MAX_OUTSTANDING``, ``MAAS_RPC_MAX_UNSENT``
+    Limits per connection (see :mod:`provisioningserver.rpc.limits`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import uuid as uuid_module
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import platformdirs
@@ -212,6 +218,11 @@ class ClusterConfig:
     :ivar poll_disconnected: seconds between polls with no connection.
     :ivar poll_partial: seconds between polls while partly connected.
     :ivar poll_connected: seconds between polls when fully connected.
+    :ivar tls: mutual TLS material
+        (:class:`~provisioningserver.rpc.tls.TLSConfig`), or ``None`` for
+        plain TCP.
+    :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
+        to each connection.
     """
 
     maas_url: str
@@ -223,6 +234,8 @@ class ClusterConfig:
     poll_disconnected: float = 2.0
     poll_partial: float = 10.0
     poll_connected: float = 30.0
+    tls: Any = None
+    limits: Any = None
 
     @classmethod
     def from_env(
@@ -236,6 +249,9 @@ class ClusterConfig:
         :return: the checked configuration.
         :raises ConfigError: when a setting is missing or malformed.
         """
+        from provisioningserver.rpc.limits import Limits
+        from provisioningserver.rpc.tls import CLUSTER_ROLE, TLSConfig
+
         env = dict(os.environ if environ is None else environ)
         env.update({k: v for k, v in overrides.items() if v is not None})
         data_dir = Path(
@@ -272,4 +288,6 @@ class ClusterConfig:
             poll_disconnected=env_float(env, "MAAS_RPC_POLL_DISCONNECTED", 2.0),
             poll_partial=env_float(env, "MAAS_RPC_POLL_PARTIAL", 10.0),
             poll_connected=env_float(env, "MAAS_RPC_POLL_CONNECTED", 30.0),
+            tls=TLSConfig.from_env(env, CLUSTER_ROLE),
+            limits=Limits.from_env(env),
         )

@@ -54,6 +54,9 @@ class Options(usage.Options):
         ["data-dir", None, None, "Data directory (MAAS_RPC_DATA_DIR)."],
         ["secret-file", None, None, "Shared secret file (MAAS_RPC_SECRET_FILE)."],
         ["uuid", None, None, "This cluster's UUID (MAAS_RPC_CLUSTER_UUID)."],
+        ["tls-ca", None, None, "CA certificate, PEM (MAAS_RPC_TLS_CA)."],
+        ["tls-cert", None, None, "This cluster's certificate (MAAS_RPC_TLS_CERT)."],
+        ["tls-key", None, None, "Its private key (MAAS_RPC_TLS_KEY)."],
         [
             "protocol",
             None,
@@ -79,6 +82,9 @@ class Options(usage.Options):
                 MAAS_RPC_DATA_DIR=self["data-dir"],
                 MAAS_RPC_SECRET_FILE=self["secret-file"],
                 MAAS_RPC_CLUSTER_UUID=self["uuid"],
+                MAAS_RPC_TLS_CA=self["tls-ca"],
+                MAAS_RPC_TLS_CERT=self["tls-cert"],
+                MAAS_RPC_TLS_KEY=self["tls-key"],
             )
             spec = self["protocol"] or os.environ.get("MAAS_RPC_CLUSTER_PROTOCOL")
             self["protocolClass"] = (
@@ -119,6 +125,8 @@ def makeClusterService(config: ClusterConfig, protocol: Any = None) -> MultiServ
         ),
         handshakeTimeout=config.handshake_timeout,
         connectTimeout=config.connect_timeout,
+        tls=config.tls,
+        limits=config.limits,
     )
     rpc.setServiceParent(services)
     return services

@@ -47,6 +47,7 @@ from provisioningserver.rpc.handshake import (
 )
 from provisioningserver.rpc.limits import Limits
 from provisioningserver.rpc.region import Authenticate, Identify, Register
+from provisioningserver.rpc.tls import TLSConfig
 from provisioningserver.twisted.protocols import amp
 from provisioningserver.utils.twisted import DeferredValue
 
@@ -85,9 +86,13 @@ class Region(RPCProtocol):
     :param service: the :class:`RegionService` this connection belongs to.
     """
 
+    #: The region answers the cluster's ``StartTLS`` when TLS is configured.
+    answersStartTLS = True
+
     def __init__(self, service: RegionService) -> None:
         super().__init__(limits=service.limits)
         self.service = service
+        self.tls = service.tls
 
     @Identify.responder
     def identify(self) -> dict[str, str]:
@@ -170,6 +175,7 @@ class RegionServer(Region):
     def connectionMade(self) -> None:
         """Start the handshake and its deadline."""
         super().connectionMade()
+        self.service.live.add(self)
         self._peer = peerAddress(self)
         self._deadline = HandshakeDeadline(
             self,
@@ -181,6 +187,9 @@ class RegionServer(Region):
         d.addErrback(self._checkFailed)
 
     async def _checkCluster(self) -> None:
+        if self.tls is not None:
+            # Nothing but StartTLS until TLS is up with a cluster certificate.
+            await self.tlsReady.get()
         response = await self.callRemote(Identify)
         self.ident = response["ident"]
         if not await challengePeer(self, self.service.secret, REGION):
@@ -289,6 +298,7 @@ class RegionServer(Region):
         if not self.authenticated.isSet:
             self.authenticated.set(False)
         self.service._releaseUnauthenticated(self)
+        self.service.live.discard(self)
         if self.registered:
             self.registered = False
             self.service._removeConnectionFor(self.ident, self)
@@ -340,8 +350,13 @@ class RegionService(Service):
         change; none when ``None``.
     :param limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
         to each cluster connection; the defaults when ``None``.
+    :param tls: TLS material (:class:`~provisioningserver.rpc.tls.TLSConfig`);
+        when given, every cluster must start TLS first; plain TCP when
+        ``None``.
 
-    :ivar connections: UUID → set of :class:`RegionServer`.
+    :ivar connections: UUID → set of :class:`RegionServer` (in rotation).
+    :ivar live: every open connection, in rotation or still in the
+        handshake.
     :ivar starting: a Deferred that fires once listening (or fails).
     """
 
@@ -359,8 +374,10 @@ class RegionService(Service):
         reactor: Any = None,
         statusPath: Path | None = None,
         limits: Limits | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.secret = secret
+        self.tls = tls
         self.limits = limits if limits is not None else Limits()
         self._unauthenticated: Counter[str] = Counter()
         self._eventloop = eventloop
@@ -371,6 +388,7 @@ class RegionService(Service):
         self._reactor = reactor
         self.statusPath = statusPath
         self.connections: dict[str, set[RegionServer]] = {}
+        self.live: set[RegionServer] = set()
         self.waiters: dict[str, set[Deferred[Client]]] = {}
         self.starting: Deferred[Any] = Deferred()
         self._port: Any = None
@@ -437,10 +455,9 @@ class RegionService(Service):
         if self._port is not None:
             waits.append(defer.maybeDeferred(self._port.stopListening))
             self._port = None
-        for conns in list(self.connections.values()):
-            for conn in list(conns):
-                waits.append(conn.onConnectionLost)
-                conn.disconnect()
+        for conn in list(self.live):
+            waits.append(conn.onConnectionLost)
+            conn.disconnect()
         for waiters in self.waiters.values():
             for waiter in list(waiters):
                 waiter.cancel()

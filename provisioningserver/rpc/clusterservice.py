@@ -42,6 +42,7 @@ from provisioningserver.rpc.handshake import (
 )
 from provisioningserver.rpc.limits import Limits
 from provisioningserver.rpc.region import Register
+from provisioningserver.rpc.tls import TLSConfig
 from provisioningserver.twisted.protocols import amp
 from provisioningserver.utils.twisted import DeferredValue
 
@@ -105,6 +106,7 @@ class Cluster(RPCProtocol):
     def __init__(self, service: ClusterClientService) -> None:
         super().__init__(limits=service.limits)
         self.service = service
+        self.tls = service.tls
 
     @Identify.responder
     def identify(self) -> dict[str, str]:
@@ -190,6 +192,13 @@ class ClusterClient(Cluster):
         d.addCallbacks(self._handshakeDone, self._handshakeFailed)
 
     async def _handshake(self) -> None:
+        if self.tls is not None:
+            try:
+                await self.startTLSWithPeer()
+            except amp.RemoteAmpError as error:
+                raise AuthenticationFailed(
+                    f"region event-loop {self.eventloop} does not offer TLS: {error}"
+                ) from None
         if not await challengePeer(self, self.service.secret, CLUSTER):
             raise AuthenticationFailed(
                 f"region event-loop {self.eventloop} gave a wrong digest: it "
@@ -303,8 +312,12 @@ class ClusterClientService(Service):
         Deferred of the connected protocol; a TCP connection when ``None``.
     :param limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
         to each region connection; the defaults when ``None``.
+    :param tls: TLS material (:class:`~provisioningserver.rpc.tls.TLSConfig`);
+        when given, each connection starts TLS first and requires it; plain
+        TCP when ``None``.
 
     :ivar connections: event-loop name → its ready :class:`ClusterClient`.
+    :ivar handshaking: connections still in the handshake.
     """
 
     name = "rpc"  # type: ignore[assignment]
@@ -323,8 +336,10 @@ class ClusterClientService(Service):
         fetch: Callable[[str], Deferred[bytes]] | None = None,
         connect: Callable[..., Deferred[Any]] | None = None,
         limits: Limits | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.maasURL = maasURL.rstrip("/")
+        self.tls = tls
         self.limits = limits if limits is not None else Limits()
         self.secret = secret
         self.uuid = uuid
@@ -337,6 +352,7 @@ class ClusterClientService(Service):
         self._connect = connect or self._connectTCP
         self.connections: dict[str, ClusterClient] = {}
         self.connecting: dict[str, Deferred[Any]] = {}
+        self.handshaking: set[ClusterClient] = set()
         self.eventloops: dict[str, Endpoints] = {}
         self.interval = self.intervals[0]
         self._call: Any = None
@@ -375,9 +391,9 @@ class ClusterClientService(Service):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        waits = [proto.onConnectionLost for proto in self.handshaking]
         for pending in list(self.connecting.values()):
             pending.cancel()
-        waits = []
         for conn in list(self.connections.values()):
             waits.append(conn.onConnectionLost)
             conn.disconnect()
@@ -517,7 +533,14 @@ class ClusterClientService(Service):
             except Exception as error:  # noqa: BLE001 - try the next address
                 errors.append(f"{host}:{port}: {error}")
                 continue
-            return await proto.ready.get()
+            self.handshaking.add(proto)
+            try:
+                return await proto.ready.get()
+            except defer.CancelledError:
+                proto.abort()  # Stopped mid-handshake: leave nothing open.
+                raise
+            finally:
+                self.handshaking.discard(proto)
         raise ConnectionError("; ".join(errors) or "no endpoints advertised")
 
     def _connectTCP(self, host: str, port: int, factory: Factory) -> Deferred[Any]:

@@ -18,6 +18,7 @@ import socket
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,8 +31,9 @@ from provisioningserver.rpc.exceptions import (
 )
 from provisioningserver.rpc.interfaces import IConnection
 from provisioningserver.rpc.limits import Limits
+from provisioningserver.rpc.tls import TLSConfig, certificateRole
 from provisioningserver.twisted.protocols import amp
-from provisioningserver.utils.twisted import asynchronous
+from provisioningserver.utils.twisted import DeferredValue, asynchronous
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
@@ -106,7 +108,7 @@ def peerAddress(proto: Any) -> str:
     return f"{host}:{port}" if host is not None else str(peer)
 
 
-@implementer(IConnection)
+@implementer(IConnection, IHandshakeListener)
 class RPCProtocol(amp.AMP):
     """The AMP protocol both the region and the clusters speak.
 
@@ -157,6 +159,19 @@ class RPCProtocol(amp.AMP):
     #: Whether the peer has completed the handshake.
     peerAuthenticated = False
 
+    #: This side's TLS material; when set, TLS is required before anything
+    #: but ``StartTLS`` is dispatched (see :mod:`provisioningserver.rpc.tls`).
+    tls: TLSConfig | None = None
+
+    #: Whether this side answers ``StartTLS`` (the region does; the cluster
+    #: initiates it).
+    answersStartTLS = False
+
+    #: Whether TLS is up and the peer's certificate has the expected role.
+    tlsEstablished = False
+
+    _lost = False
+
     ident: str | None = None
 
     def __init__(
@@ -175,6 +190,7 @@ class RPCProtocol(amp.AMP):
         self._writePaused = False
         self._unsentWhilePaused = 0
         self._dropAfterAnswer = False
+        self.tlsReady = DeferredValue()
 
     def connectionMade(self) -> None:
         """Register for back-pressure and fire ``onConnectionMade``."""
@@ -200,6 +216,7 @@ class RPCProtocol(amp.AMP):
         self._writePaused = False
         self._unsentWhilePaused = 0
         self._dropAfterAnswer = False
+        self.tlsReady = DeferredValue()
         resume = getattr(self.transport, "resumeProducing", None)
         if resume is not None:
             resume()
@@ -230,6 +247,19 @@ class RPCProtocol(amp.AMP):
 
         :param reason: why the connection was lost.
         """
+        # AMP fails outstanding calls before it clears the transport; their
+        # errbacks must already see the connection as gone.
+        self._lost = True
+        if self.tls is not None and not self.tlsEstablished:
+            if self.hostCertificate is not None:
+                log.warn(
+                    "TLS with {peer} failed: {reason}",
+                    peer=peerAddress(self),
+                    reason=reason.getErrorMessage(),
+                )
+        if not self.tlsReady.isSet:
+            self.tlsReady.fail(reason)
+            self.tlsReady.get().addErrback(lambda _: None)
         super().connectionLost(reason)
         self.onConnectionLost.callback(None)
 
@@ -239,7 +269,9 @@ class RPCProtocol(amp.AMP):
         :return: ``True`` while connected.
         """
         transport = self.transport
-        return transport is not None and not getattr(transport, "disconnecting", False)
+        if transport is None or self._lost:
+            return False
+        return not getattr(transport, "disconnecting", False)
 
     def _reflected(self, error: Exception) -> None:
         """Log a reflected or relayed challenge, and drop the connection once
@@ -265,8 +297,12 @@ class RPCProtocol(amp.AMP):
 
     def disconnect(self) -> None:
         """Close the connection, if it is open, once pending output is sent."""
-        if self.transport is not None:
-            self.transport.loseConnection()
+        transport = self.transport
+        if transport is not None:
+            # A registered producer holds a TLS transport open (it waits for
+            # the producer before sending close_notify).
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+            transport.loseConnection()
 
     def getPeerCertificate(self) -> Any:
         """Return the peer's TLS certificate, or ``None`` without TLS.
@@ -389,8 +425,7 @@ class RPCProtocol(amp.AMP):
         :return: a Deferred with the answer box.
         """
         command = box[amp.COMMAND]
-        gate = self.handshakeCommands
-        if gate is not None and not self.peerAuthenticated and command not in gate:
+        if not self._gateAllows(command):
             return self._refuse(command)
         if self._inProgress >= self.limits.maxOutstandingAsks:
             log.warn(
@@ -407,6 +442,68 @@ class RPCProtocol(amp.AMP):
         d = super().dispatchCommand(box)
         d.addBoth(self._dispatched)
         return d.addErrback(self._undeclaredError, box)
+
+    def _gateAllows(self, command: bytes) -> bool:
+        gate = self.handshakeCommands
+        if gate is None or self.peerAuthenticated:
+            return True
+        if self.tls is not None and not self.tlsEstablished:
+            return command == amp.StartTLS.commandName
+        return command in gate
+
+    # TLS.
+
+    @amp.StartTLS.responder
+    def startTLS(self) -> dict[str, Any]:
+        """Answer ``StartTLS`` with this side's certificate and CA.
+
+        :return: the TLS parameters.
+        :raises amp.RemoteAmpError: (``TLS_ERROR``) when this side does not
+            offer TLS, or TLS is already up.
+        """
+        if self.tls is None or not self.answersStartTLS:
+            raise amp.RemoteAmpError(b"TLS_ERROR", "TLS is not offered here")
+        if self.hostCertificate is not None:
+            raise amp.RemoteAmpError(b"TLS_ERROR", "TLS is already up")
+        return {
+            "tls_localCertificate": self.tls.certificate,
+            "tls_verifyAuthorities": [self.tls.authority],
+        }
+
+    def startTLSWithPeer(self) -> Deferred[Any]:
+        """Send ``StartTLS`` with this side's certificate and CA.
+
+        :return: a Deferred that fires once TLS is up and the peer's
+            certificate has the expected role (see ``tlsReady``).
+        :raises RuntimeError: when this side has no TLS material.
+        """
+        if self.tls is None:
+            raise RuntimeError("no TLS material configured")
+        d = self.callRemote(
+            amp.StartTLS,
+            tls_localCertificate=self.tls.certificate,
+            tls_verifyAuthorities=[self.tls.authority],
+        )
+        return d.addCallback(lambda _: self.tlsReady.get())
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up (``IHandshakeListener``): check the peer's role."""
+        if self.tls is None:
+            return
+        role = certificateRole(self.peerCertificate)
+        if role != self.tls.peerRole:
+            log.error(
+                "TLS peer {peer} presented a certificate for {role!r}, not "
+                "{expected!r}; dropping the connection.",
+                peer=peerAddress(self),
+                role=role,
+                expected=self.tls.peerRole,
+            )
+            self.abort()
+            return
+        self.tlsEstablished = True
+        if not self.tlsReady.isSet:
+            self.tlsReady.set(True)
 
     def _dispatched(self, result: Any) -> Any:
         self._inProgress -= 1

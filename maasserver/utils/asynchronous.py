@@ -66,7 +66,7 @@ class AlreadyIterated(RuntimeError):
 class UseOnceIterator(Iterator[T]):
     """An iterator that can be iterated only once.
 
-    The first :func:`iter` call (which a ``for`` loop or :func:`list` makes)
+    The first :func:`iter` call (which a ``for`` loop or :class:`list` makes)
     returns the iterator itself; every later one raises
     :class:`AlreadyIterated`. A second loop over a plain iterator quietly sees
     nothing, which hides bugs where results are consumed twice; this one makes

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from provisioningserver.rpc.chunking import CHUNK_BYTES, joinChunks, splitLargeValues
 from provisioningserver.rpc.exceptions import (
     ArgumentTooLarge,
     CallTimedOut,
@@ -171,6 +172,7 @@ class RPCProtocol(amp.AMP):
     tlsEstablished = False
 
     _lost = False
+    _boxBytes = 0
 
     ident: str | None = None
 
@@ -225,10 +227,14 @@ class RPCProtocol(amp.AMP):
         """The transport is going away; nothing to do."""
 
     def sendBox(self, box: amp.AmpBox) -> None:
-        """Send a box; drop a peer that leaves too much unread.
+        """Send a box, splitting values larger than AMP allows into chunks;
+        drop a peer that leaves too much unread.
 
         :param box: the box.
+        :raises ArgumentTooLarge: when a value exceeds
+            ``limits.maxValueBytes`` (nothing is sent).
         """
+        box = self._split(box)
         if self._writePaused:
             self._unsentWhilePaused += sum(len(k) + len(v) + 4 for k, v in box.items())
             if self._unsentWhilePaused > self.limits.maxUnsentBytes:
@@ -284,11 +290,6 @@ class RPCProtocol(amp.AMP):
         )
         self._dropAfterAnswer = True
 
-    def _safeEmit(self, aBox: amp.AmpBox) -> None:
-        super()._safeEmit(aBox)
-        if self._dropAfterAnswer:
-            self.disconnect()
-
     def abort(self) -> None:
         """Close the connection at once, discarding pending output."""
         transport = self.transport
@@ -323,10 +324,80 @@ class RPCProtocol(amp.AMP):
     # Sending.
 
     def _checkValueSizes(self, command: bytes, box: amp.AmpBox) -> None:
-        limit = self.maxValueLength
+        limit = self.limits.maxValueBytes
         for key, value in box.items():
             if len(value) > limit:
                 raise ArgumentTooLarge(command, key, len(value), limit)
+
+    def _split(self, box: amp.AmpBox) -> amp.AmpBox:
+        for value in box.values():
+            if len(value) > CHUNK_BYTES:
+                break
+        else:
+            return box  # The common case: everything fits, as stock AMP.
+        self._checkValueSizes(box.get(amp.COMMAND, b"answer"), box)
+        return splitLargeValues(box)
+
+    def _safeEmit(self, aBox: amp.AmpBox) -> None:
+        try:
+            super()._safeEmit(aBox)
+        except ArgumentTooLarge as error:
+            # A responder's answer is too large: tell the caller, plainly.
+            log.error("Could not send an answer: {error}", error=error)
+            errorBox = amp.AmpBox()
+            errorBox[amp.ERROR] = aBox.get(amp.ANSWER, b"")
+            errorBox[amp.ERROR_CODE] = amp.UNKNOWN_ERROR_CODE
+            errorBox[amp.ERROR_DESCRIPTION] = str(error).encode("utf-8")
+            super()._safeEmit(errorBox)
+        if self._dropAfterAnswer:
+            self.disconnect()
+
+    # Receiving boxes.
+
+    def proto_init(self, string: bytes) -> str:
+        """A new box starts: count its bytes from zero.
+
+        :param string: its first key.
+        :return: the parser's next state.
+        """
+        self._boxBytes = 0
+        return super().proto_init(string)
+
+    def proto_value(self, string: bytes) -> str:
+        """A value arrived: drop a peer whose box grows past the cap.
+
+        :param string: the value.
+        :return: the parser's next state.
+        """
+        self._boxBytes += len(string) + len(self._currentKey or b"")
+        cap = (
+            self.limits.maxBoxBytes
+            if self.peerAuthenticated or self.handshakeCommands is None
+            else self.limits.maxUnauthenticatedBoxBytes
+        )
+        if self._boxBytes > cap and not self._lost:
+            log.warn(
+                "Peer {peer} sent a box of more than {cap} bytes; dropping the "
+                "connection.",
+                peer=peerAddress(self),
+                cap=cap,
+            )
+            self._lost = True  # Parse nothing more from this peer.
+            self.abort()
+        return super().proto_value(string)
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        """Reassemble chunked values, then handle the box as AMP does.
+
+        :param box: the received box.
+        """
+        if self._lost:
+            return  # Dropped while parsing: dispatch nothing more.
+        for key in box:
+            if key.endswith(b".2"):
+                joinChunks(box)
+                break
+        super().ampBoxReceived(box)
 
     def _sendBoxCommand(
         self, command: bytes, box: amp.AmpBox, requiresAnswer: bool = True

@@ -16,6 +16,12 @@ Environment variables (both sides):
 ``MAAS_RPC_MAX_UNSENT``
     Bytes of answers and calls that may wait in one connection's send buffer
     while the peer does not read (default 64 MiB).
+``MAAS_RPC_MAX_VALUE``
+    The largest value (an argument or an answer) sent in chunks (default 16
+    MiB); larger ones are refused before anything is sent.
+``MAAS_RPC_MAX_BOX``
+    The most one received call or answer may hold, chunks included, from an
+    authenticated peer (default 32 MiB; 1 MiB before authentication).
 """
 
 from __future__ import annotations
@@ -39,11 +45,21 @@ class Limits:
         progress at once.
     :ivar maxUnsentBytes: bytes that may wait unsent on one connection while
         its peer does not read.
+    :ivar maxValueBytes: the largest argument or answer value this side
+        sends (larger values travel in chunks); a larger one is refused before
+        anything is sent.
+    :ivar maxBoxBytes: the most a received box (a call or an answer, chunks
+        included) may hold once the peer is authenticated.
+    :ivar maxUnauthenticatedBoxBytes: the same, before the peer is
+        authenticated.
     """
 
     maxUnauthenticatedPerAddress: int = 16
     maxOutstandingAsks: int = 1000
     maxUnsentBytes: int = 64 * 1024 * 1024
+    maxValueBytes: int = 16 * 1024 * 1024
+    maxBoxBytes: int = 32 * 1024 * 1024
+    maxUnauthenticatedBoxBytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
@@ -64,5 +80,11 @@ class Limits:
             ),
             maxUnsentBytes=env_int(
                 env, "MAAS_RPC_MAX_UNSENT", 64 * 1024 * 1024, minimum=65536
+            ),
+            maxValueBytes=env_int(
+                env, "MAAS_RPC_MAX_VALUE", 16 * 1024 * 1024, minimum=65535
+            ),
+            maxBoxBytes=env_int(
+                env, "MAAS_RPC_MAX_BOX", 32 * 1024 * 1024, minimum=65535
             ),
         )

@@ -23,6 +23,12 @@ Variables (command-line flags mirror them and take precedence):
 ``MAAS_RPC_STATUS``
     ``1`` to keep a status file per event-loop (its connected clusters) in
     ``<data dir>/status/``, for supervisors and the demo; default off.
+``MAAS_RPC_DATABASE_URL``
+    A ``postgresql://`` (or ``postgres://``) URL: keep the advertisement
+    store in that PostgreSQL database, which event-loops on several hosts can
+    share, instead of the SQLite file in the data directory; libpq's ``PG*``
+    variables supply what the URL leaves out. Needs psycopg 3
+    (``maas-rpc[postgresql]``). Default unset: SQLite.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ class RegionConfig:
     :ivar advertise_interval: seconds between advertisement refreshes.
     :ivar advertise_expiry: seconds before a stale advertisement is deleted.
     :ivar status: whether to keep a status file in ``data_dir/status``.
+    :ivar database_url: the PostgreSQL URL of the advertisement store;
+        ``None`` for the SQLite store at ``store_path``.
     """
 
     data_dir: Path
@@ -67,6 +75,7 @@ class RegionConfig:
     advertise_interval: float = 60.0
     advertise_expiry: float = 300.0
     status: bool = False
+    database_url: str | None = None
 
     @property
     def secret_path(self) -> Path:
@@ -80,7 +89,7 @@ class RegionConfig:
 
     @property
     def status_dir(self) -> Path:
-        """Where status files are kept when :attr:`status` is on."""
+        """Where status files are kept when ``status`` is on."""
         return self.data_dir / "status"
 
     @classmethod
@@ -111,6 +120,14 @@ class RegionConfig:
         status = (env.get("MAAS_RPC_STATUS") or "").strip().lower()
         if status not in ("", "0", "1", "yes", "no", "true", "false"):
             raise ConfigError(f"MAAS_RPC_STATUS={status!r} is not 0 or 1")
+        database_url = (env.get("MAAS_RPC_DATABASE_URL") or "").strip() or None
+        if database_url is not None and not database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            # The value may hold a password: not repeated here.
+            raise ConfigError(
+                "MAAS_RPC_DATABASE_URL must start with postgresql:// or postgres://"
+            )
         return cls(
             data_dir=data_dir,
             http_port=env_int(env, "MAAS_RPC_HTTP_PORT", 5240, maximum=65535),
@@ -120,4 +137,5 @@ class RegionConfig:
             advertise_interval=env_float(env, "MAAS_RPC_ADVERTISE_INTERVAL", 60.0),
             advertise_expiry=env_float(env, "MAAS_RPC_ADVERTISE_EXPIRY", 300.0),
             status=status in ("1", "yes", "true"),
+            database_url=database_url,
         )

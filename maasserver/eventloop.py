@@ -46,7 +46,11 @@ from maasserver.rpc.regionservice import (
     RegionServer,
     RegionService,
 )
-from maasserver.rpc.stores import SQLiteAdvertisementStore
+from maasserver.rpc.stores import (
+    IAdvertisementStore,
+    PostgreSQLAdvertisementStore,
+    SQLiteAdvertisementStore,
+)
 from maasserver.web import WebService, makeSite
 from provisioningserver.security import get_or_create_shared_secret
 from provisioningserver.utils.twisted import asynchronous, isInReactorThread
@@ -105,6 +109,8 @@ class RegionEventLoop:
         :raises provisioningserver.config.ConfigError: when the configuration
             is malformed.
         :raises RuntimeError: when already populated.
+        :raises ImportError: when the configuration names a PostgreSQL store
+            and psycopg is not installed.
         """
         if self.populated:
             raise RuntimeError("the event-loop's services exist already")
@@ -112,6 +118,11 @@ class RegionEventLoop:
             config = RegionConfig.from_env(environ)
         self.config = config
         secret = get_or_create_shared_secret(config.secret_path)
+        store: IAdvertisementStore
+        if config.database_url:
+            store = PostgreSQLAdvertisementStore(config.database_url)
+        else:
+            store = SQLiteAdvertisementStore(config.store_path)
         rpc = RegionService(
             secret,
             self.name,
@@ -124,7 +135,6 @@ class RegionEventLoop:
             ),
         )
         rpc.setServiceParent(self.services)
-        store = SQLiteAdvertisementStore(config.store_path)
         advertise = RegionAdvertisingService(
             store,
             rpc,

@@ -29,6 +29,12 @@ class Options(usage.Options):
         ["ports", None, None, "RPC ports: N, N-M or 0 (MAAS_RPC_PORTS)."],
         ["bind", None, None, "Listen address (MAAS_RPC_BIND)."],
         [
+            "database-url",
+            None,
+            None,
+            "PostgreSQL URL of the shared advertisement store (MAAS_RPC_DATABASE_URL).",
+        ],
+        [
             "protocol",
             None,
             None,
@@ -51,6 +57,7 @@ class Options(usage.Options):
                 MAAS_RPC_HTTP_PORT=self["http-port"],
                 MAAS_RPC_PORTS=self["ports"],
                 MAAS_RPC_BIND=self["bind"],
+                MAAS_RPC_DATABASE_URL=self["database-url"],
             )
             spec = self["protocol"] or os.environ.get("MAAS_RPC_REGION_PROTOCOL")
             self["protocolClass"] = (
@@ -68,7 +75,7 @@ def makeService(options: Options) -> MultiService:
     :param options: the parsed :class:`Options`.
     :return: :data:`maasserver.eventloop.services`, populated.
     :raises twisted.python.usage.UsageError: when the secret cannot be read or
-        created.
+        created, or the PostgreSQL store is configured without psycopg.
     """
     import crochet
 
@@ -78,5 +85,5 @@ def makeService(options: Options) -> MultiService:
     crochet.no_setup()
     try:
         return loop.populate(options["config"], protocol=options["protocolClass"])
-    except (SecretError, OSError) as error:
+    except (SecretError, OSError, ImportError) as error:
         raise usage.UsageError(str(error)) from None

@@ -11,6 +11,9 @@ that died without withdrawing are expired.
   clock: for deterministic tests of the services that use a store.
 * :class:`SQLiteAdvertisementStore` keeps records in an SQLite file that the
   event-loop processes on one host share.
+* :class:`PostgreSQLAdvertisementStore` keeps records in a PostgreSQL
+  database that event-loop processes on many hosts share (it needs psycopg 3:
+  install ``maas-rpc[postgresql]``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import closing
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -30,10 +33,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+if TYPE_CHECKING:
+    import psycopg
+
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_POSTGRESQL_TABLE",
     "IAdvertisementStore",
     "MemoryAdvertisementStore",
+    "PostgreSQLAdvertisementStore",
     "SQLiteAdvertisementStore",
 ]
 
@@ -45,8 +53,12 @@ log = Logger()
 Endpoint = tuple[str, int]
 
 #: Seconds an :class:`SQLiteAdvertisementStore` operation waits for another
-#: process's write transaction to finish before failing.
+#: process's write transaction to finish before failing; also how long a
+#: :class:`PostgreSQLAdvertisementStore` waits to connect, and for a statement.
 DEFAULT_BUSY_TIMEOUT = 10.0
+
+#: The table a :class:`PostgreSQLAdvertisementStore` keeps its records in.
+DEFAULT_POSTGRESQL_TABLE = "maas_rpc_eventloops"
 
 
 class IAdvertisementStore(Interface):
@@ -294,7 +306,7 @@ class SQLiteAdvertisementStore:
     :param reactor: the reactor whose thread pool runs the operations; the
         global reactor when ``None``.
     :param timeout: seconds to wait for another process's write transaction
-        before an operation fails with :exc:`sqlite3.OperationalError`.
+        before an operation fails with ``sqlite3.OperationalError``.
     :ivar path: the database file's path, as given.
     :ivar reactor: the ``reactor`` given (``None`` when none was).
     :ivar timeout: the ``timeout`` given.
@@ -344,18 +356,20 @@ class SQLiteAdvertisementStore:
 
         Two connections switching at once can deadlock on their locks, in
         which case SQLite fails one of them at once rather than calling its
-        busy handler; that one tries again, for up to ``timeout`` seconds.
+        busy handler; that one tries again after a growing pause, and gives
+        up rather than pause more than ``timeout`` seconds in all.
         """
-        deadline = time.monotonic() + self.timeout
-        delay = 0.001
+        paused = 0.0
+        pause = 0.001
         while True:
             try:
                 (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
             except sqlite3.OperationalError as error:
-                if not _isBusy(error) or time.monotonic() + delay > deadline:
+                pause = min(pause * 2, 0.1)
+                if not _isBusy(error) or paused + pause > self.timeout:
                     raise
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 0.1)
+                self._sleep(pause * random.uniform(0.5, 1.0))
+                paused += pause
             else:
                 break
         if mode.lower() != "wal":
@@ -366,6 +380,9 @@ class SQLiteAdvertisementStore:
                 path=self.path,
                 mode=mode,
             )
+
+    # How _enableWAL pauses; tests replace it.
+    _sleep = staticmethod(time.sleep)
 
     @staticmethod
     def _transact(
@@ -443,7 +460,7 @@ class SQLiteAdvertisementStore:
         :param name: the event-loop's name.
         :param endpoints: its ``(address, port)`` pairs.
         :return: a Deferred, which may also fail with
-            :exc:`sqlite3.Error` or :exc:`OSError`.
+            ``sqlite3.Error`` or ``OSError``.
         """
         try:
             name = _checkName(name)
@@ -457,7 +474,7 @@ class SQLiteAdvertisementStore:
 
         :param name: the event-loop's name.
         :return: a Deferred, which may also fail with
-            :exc:`sqlite3.Error` or :exc:`OSError`.
+            ``sqlite3.Error`` or ``OSError``.
         """
         try:
             name = _checkName(name)
@@ -470,7 +487,7 @@ class SQLiteAdvertisementStore:
 
         :param max_age: the age in seconds beyond which a record is stale.
         :return: a Deferred, which may also fail with
-            :exc:`sqlite3.Error` or :exc:`OSError`.
+            ``sqlite3.Error`` or ``OSError``.
         """
         try:
             max_age = _checkMaxAge(max_age)
@@ -482,6 +499,327 @@ class SQLiteAdvertisementStore:
         """See :meth:`IAdvertisementStore.eventloops`.
 
         :return: a Deferred, which may also fail with
-            :exc:`sqlite3.Error` or :exc:`OSError`.
+            ``sqlite3.Error`` or ``OSError``.
         """
         return self._defer(self._eventloops)
+
+
+#: The key of the PostgreSQL advisory lock under which every
+#: :class:`PostgreSQLAdvertisementStore` creates its schema and table: the
+#: ASCII of ``maas_rpc``.
+_CREATE_LOCK = 0x6D6161735F727063
+
+
+@implementer(IAdvertisementStore)
+class PostgreSQLAdvertisementStore:
+    """An :class:`IAdvertisementStore` in a PostgreSQL database.
+
+    Event-loop processes on many hosts may share the database. Each
+    operation runs in the reactor's thread pool, in one transaction, on a
+    connection the store keeps open between operations; a lock lets one
+    operation use it at a time. When the connection turns out to be broken
+    (the server restarted, say), the store connects again and tries the
+    operation once more, on the new connection; an operation that fails on a
+    new connection fails. Nothing connects until the first operation.
+
+    Time stamps and ages come from the database's clock (``now()``), so
+    every host sharing the database agrees on them whatever its own clock
+    says.
+
+    Each write creates the schema and the table if missing, inside its
+    transaction and under a transaction-level advisory lock, so that any
+    number of processes may start on a new database at once
+    (``CREATE TABLE IF NOT EXISTS`` alone can fail when two transactions run
+    it at the same time). Reading a new database creates nothing.
+
+    Unless ``url`` says otherwise, connections time out after ``timeout``
+    seconds (``connect_timeout``), dead peers are detected in about as long
+    (TCP keepalives and ``tcp_user_timeout``), and they name themselves
+    ``maas-rpc`` (``fallback_application_name``); each statement may run for
+    ``timeout`` seconds at most (``statement_timeout``).
+
+    :param url: a libpq connection string: a ``postgresql://`` URL or
+        ``key=value`` settings; libpq's ``PG*`` environment variables supply
+        whatever it leaves out.
+    :param reactor: the reactor whose thread pool runs the operations; the
+        global reactor when ``None``.
+    :param timeout: seconds to wait to connect, and for each statement
+        (including waits for locks), before an operation fails.
+    :param schema: the schema that holds the table; created when missing.
+    :param table: the table's name.
+    :raises ImportError: when psycopg 3 is not installed.
+    :ivar url: the connection string, as given (it may hold a password).
+    :ivar reactor: the ``reactor`` given (``None`` when none was).
+    :ivar timeout: the ``timeout`` given.
+    :ivar schema: the ``schema`` given.
+    :ivar table: the ``table`` given.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        reactor: Any = None,
+        timeout: float = DEFAULT_BUSY_TIMEOUT,
+        *,
+        schema: str = "public",
+        table: str = DEFAULT_POSTGRESQL_TABLE,
+    ) -> None:
+        try:
+            from psycopg import sql
+        except ImportError as error:
+            raise ImportError(
+                "PostgreSQLAdvertisementStore needs psycopg 3; install"
+                " maas-rpc[postgresql] (or psycopg[binary])."
+            ) from error
+        self.url = url
+        self.reactor = reactor
+        self.timeout = timeout
+        self.schema = schema
+        self.table = table
+        self._schemaSQL = sql.Identifier(schema)
+        self._tableSQL = sql.Identifier(schema, table)
+        self._connection: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    def _defer(self, func: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        return deferToThreadPool(reactor, reactor.getThreadPool(), func, *args)
+
+    def _sql(self, statement: str) -> Any:
+        """Compose ``statement``, with ``{table}`` and ``{schema}`` quoted."""
+        from psycopg import sql
+
+        return sql.SQL(statement).format(table=self._tableSQL, schema=self._schemaSQL)
+
+    # Everything below until the public methods runs in a pool thread.
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        seconds = max(1, round(self.timeout))
+        defaults: dict[str, Any] = {
+            "connect_timeout": max(2, seconds),
+            "keepalives": 1,
+            "keepalives_idle": seconds,
+            "keepalives_interval": max(1, seconds // 3),
+            "keepalives_count": 3,
+            "tcp_user_timeout": round(self.timeout * 1000),
+            "fallback_application_name": "maas-rpc",
+        }
+        given = conninfo_to_dict(self.url)
+        settings = {k: v for k, v in defaults.items() if k not in given}
+        return psycopg.connect(self.url, **settings)
+
+    def _discard(self) -> None:
+        """Close the connection, if any, and forget it."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def _run(
+        self,
+        write: bool,
+        work: Callable[[psycopg.Cursor[Any], bool], _T],
+    ) -> _T:
+        """Run ``work(cursor, created)`` in a transaction; return its result.
+
+        ``created`` tells whether the table exists; a write creates it first
+        when it does not.
+        """
+        import psycopg
+
+        with self._lock:
+            while True:
+                connection = self._connection
+                reused = connection is not None and not connection.closed
+                if connection is None or connection.closed:
+                    connection = self._connection = self._connect()
+                try:
+                    return self._transact(connection, write, work)
+                except psycopg.Error as error:
+                    if not connection.closed:
+                        raise
+                    self._discard()
+                    if not reused:
+                        raise
+                    log.info(
+                        "Reconnecting to the PostgreSQL advertisement store"
+                        " after: {error}",
+                        error=str(error).strip(),
+                    )
+
+    def _transact(
+        self,
+        connection: psycopg.Connection[Any],
+        write: bool,
+        work: Callable[[psycopg.Cursor[Any], bool], _T],
+    ) -> _T:
+        import psycopg
+
+        try:
+            with connection.cursor() as cursor:
+                # The first statement starts the transaction.
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true),"
+                    " EXISTS (SELECT FROM pg_catalog.pg_class c"
+                    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = %s AND c.relname = %s)",
+                    (f"{round(self.timeout * 1000)}ms", self.schema, self.table),
+                )
+                _, created = cursor.fetchone() or (None, False)
+                if write and not created:
+                    self._create(cursor)
+                    created = True
+                result = work(cursor, created)
+            connection.commit()
+        except BaseException:
+            if not connection.closed:
+                try:
+                    connection.rollback()
+                except psycopg.Error:
+                    self._discard()
+            raise
+        return result
+
+    def _create(self, cursor: psycopg.Cursor[Any]) -> None:
+        """Create the schema and table, taking turns with other creators.
+
+        The advisory lock is held until the transaction ends, so a creator
+        that waited for it runs its statements after the one before it has
+        committed, and finds the schema and table there (in READ COMMITTED
+        each statement sees what committed before it started).
+        """
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
+        cursor.execute(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = %s)",
+            (self.schema,),
+        )
+        row = cursor.fetchone()
+        if row is None or not row[0]:
+            # Only when missing: CREATE SCHEMA IF NOT EXISTS needs the
+            # privilege to create schemas even when the schema exists.
+            cursor.execute(self._sql("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        cursor.execute(
+            self._sql(
+                "CREATE TABLE IF NOT EXISTS {table} ("
+                " address text NOT NULL,"
+                " port integer NOT NULL CHECK (port BETWEEN 1 AND 65535),"
+                " name text NOT NULL,"
+                " updated timestamptz NOT NULL,"
+                " PRIMARY KEY (address, port))"
+            )
+        )
+
+    def _advertise(self, name: str, endpoints: list[Endpoint]) -> None:
+        def work(cursor: psycopg.Cursor[Any], created: bool) -> None:
+            cursor.execute(self._sql("DELETE FROM {table} WHERE name = %s"), (name,))
+            if endpoints:
+                # A record of another name at the same address and port is
+                # taken over; concurrent advertisers of one endpoint take
+                # turns on its row rather than fail.
+                cursor.executemany(
+                    self._sql(
+                        "INSERT INTO {table} (address, port, name, updated)"
+                        " VALUES (%s, %s, %s, now())"
+                        " ON CONFLICT (address, port) DO UPDATE"
+                        " SET name = excluded.name, updated = excluded.updated"
+                    ),
+                    [(address, port, name) for address, port in endpoints],
+                )
+
+        self._run(True, work)
+
+    def _withdraw(self, name: str) -> None:
+        def work(cursor: psycopg.Cursor[Any], created: bool) -> None:
+            cursor.execute(self._sql("DELETE FROM {table} WHERE name = %s"), (name,))
+
+        self._run(True, work)
+
+    def _expire(self, max_age: float) -> int:
+        def work(cursor: psycopg.Cursor[Any], created: bool) -> int:
+            # Compared as numbers of seconds, so any max_age (even infinity)
+            # works.
+            cursor.execute(
+                self._sql(
+                    "DELETE FROM {table}"
+                    " WHERE extract(epoch FROM now() - updated)::float8 > %s"
+                ),
+                (max_age,),
+            )
+            return cursor.rowcount
+
+        return self._run(True, work)
+
+    def _eventloops(self) -> dict[str, list[Endpoint]]:
+        def work(
+            cursor: psycopg.Cursor[Any], created: bool
+        ) -> dict[str, list[Endpoint]]:
+            if not created:
+                return {}  # Nothing has been advertised here yet.
+            cursor.execute(self._sql("SELECT name, address, port FROM {table}"))
+            return _group(cursor.fetchall())
+
+        return self._run(False, work)
+
+    def _close(self) -> None:
+        with self._lock:
+            self._discard()
+
+    # The public methods, called in the reactor thread.
+
+    def advertise(self, name: str, endpoints: Iterable[Endpoint]) -> Deferred[None]:
+        """See :meth:`IAdvertisementStore.advertise`.
+
+        :param name: the event-loop's name.
+        :param endpoints: its ``(address, port)`` pairs.
+        :return: a Deferred, which may also fail with ``psycopg.Error``.
+        """
+        try:
+            name = _checkName(name)
+            checked = _checkEndpoints(endpoints)
+        except (TypeError, ValueError):
+            return defer.fail()
+        return self._defer(self._advertise, name, checked)
+
+    def withdraw(self, name: str) -> Deferred[None]:
+        """See :meth:`IAdvertisementStore.withdraw`.
+
+        :param name: the event-loop's name.
+        :return: a Deferred, which may also fail with ``psycopg.Error``.
+        """
+        try:
+            name = _checkName(name)
+        except TypeError:
+            return defer.fail()
+        return self._defer(self._withdraw, name)
+
+    def expire(self, max_age: float) -> Deferred[int]:
+        """See :meth:`IAdvertisementStore.expire`.
+
+        :param max_age: the age in seconds beyond which a record is stale.
+        :return: a Deferred, which may also fail with ``psycopg.Error``.
+        """
+        try:
+            max_age = _checkMaxAge(max_age)
+        except ValueError:
+            return defer.fail()
+        return self._defer(self._expire, max_age)
+
+    def eventloops(self) -> Deferred[dict[str, list[Endpoint]]]:
+        """See :meth:`IAdvertisementStore.eventloops`.
+
+        :return: a Deferred, which may also fail with ``psycopg.Error``.
+        """
+        return self._defer(self._eventloops)
+
+    def close(self) -> Deferred[None]:
+        """Close the store's connection, once the operation using it ends.
+
+        The store stays usable: the next operation connects again.
+
+        :return: a Deferred that fires with ``None`` once closed.
+        """
+        return self._defer(self._close)

@@ -134,3 +134,40 @@ def test_plugin_options_report_bad_configuration_as_usage_errors(tmp_path, monke
         ClusterOptions().parseOptions(
             ["--protocol", "provisioningserver.rpc.common:Client"]
         )
+
+
+def test_region_config_database_url(tmp_path):
+    base = {"MAAS_RPC_DATA_DIR": str(tmp_path)}
+    assert RegionConfig.from_env(base).database_url is None
+    blank = {**base, "MAAS_RPC_DATABASE_URL": "  "}
+    assert RegionConfig.from_env(blank).database_url is None
+    for url in ("postgresql://maas:secret@db.example/maas", "postgres:///maas"):
+        config = RegionConfig.from_env({**base, "MAAS_RPC_DATABASE_URL": f" {url}\n"})
+        assert config.database_url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://maas:hunter2@db/maas", "host=db password=hunter2", "db/maas"]
+)
+def test_region_config_refuses_other_database_urls(tmp_path, url):
+    with pytest.raises(ConfigError, match="MAAS_RPC_DATABASE_URL") as caught:
+        RegionConfig.from_env(
+            {"MAAS_RPC_DATA_DIR": str(tmp_path), "MAAS_RPC_DATABASE_URL": url}
+        )
+    # The value may hold a password: the error does not repeat it.
+    assert "hunter2" not in str(caught.value)
+
+
+def test_plugin_database_url_flag_takes_precedence(tmp_path, monkeypatch):
+    from maasserver.plugin import Options as RegionOptions
+
+    monkeypatch.setenv("MAAS_RPC_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MAAS_RPC_DATABASE_URL", "postgresql://env.example/maas")
+    options = RegionOptions()
+    options.parseOptions([])
+    assert options["config"].database_url == "postgresql://env.example/maas"
+    options = RegionOptions()
+    options.parseOptions(["--database-url", "postgresql://flag.example/maas"])
+    assert options["config"].database_url == "postgresql://flag.example/maas"
+    with pytest.raises(usage.UsageError, match="MAAS_RPC_DATABASE_URL"):
+        RegionOptions().parseOptions(["--database-url", "sqlite:///eventloops"])

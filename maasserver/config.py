@@ -29,6 +29,11 @@ Variables (command-line flags mirror them and take precedence):
     share, instead of the SQLite file in the data directory; libpq's ``PG*``
     variables supply what the URL leaves out. Needs psycopg 3
     (``maas-rpc[postgresql]``). Default unset: SQLite.
+``MAAS_RPC_TLS_CA``, ``MAAS_RPC_TLS_CERT``, ``MAAS_RPC_TLS_KEY``
+    PEM files that turn on mutual TLS, required from every cluster (see
+    :mod:`provisioningserver.rpc.tls`); all three or none.
+``MAAS_RPC_MAX_*``
+    Limits per peer (see :mod:`provisioningserver.rpc.limits`).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioningserver.config import (
@@ -46,6 +51,8 @@ from provisioningserver.config import (
     env_int,
     parse_ports,
 )
+from provisioningserver.rpc.limits import Limits
+from provisioningserver.rpc.tls import REGION_ROLE, TLSConfig
 
 __all__ = ["RegionConfig"]
 
@@ -65,6 +72,11 @@ class RegionConfig:
     :ivar status: whether to keep a status file in ``data_dir/status``.
     :ivar database_url: the PostgreSQL URL of the advertisement store;
         ``None`` for the SQLite store at ``store_path``.
+    :ivar tls: mutual TLS material
+        (:class:`~provisioningserver.rpc.tls.TLSConfig`), or ``None`` for
+        plain TCP.
+    :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
+        to each cluster connection.
     """
 
     data_dir: Path
@@ -76,6 +88,8 @@ class RegionConfig:
     advertise_expiry: float = 300.0
     status: bool = False
     database_url: str | None = None
+    tls: TLSConfig | None = None
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def secret_path(self) -> Path:
@@ -138,4 +152,6 @@ class RegionConfig:
             advertise_expiry=env_float(env, "MAAS_RPC_ADVERTISE_EXPIRY", 300.0),
             status=status in ("1", "yes", "true"),
             database_url=database_url,
+            tls=TLSConfig.from_env(env, REGION_ROLE),
+            limits=Limits.from_env(env),
         )

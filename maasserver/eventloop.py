@@ -133,6 +133,8 @@ class RegionEventLoop:
             statusPath=(
                 config.status_dir / f"{os.getpid()}.json" if config.status else None
             ),
+            limits=config.limits,
+            tls=config.tls,
         )
         rpc.setServiceParent(self.services)
         advertise = RegionAdvertisingService(

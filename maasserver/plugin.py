@@ -28,6 +28,9 @@ class Options(usage.Options):
         ["http-port", None, None, "Discovery port (MAAS_RPC_HTTP_PORT)."],
         ["ports", None, None, "RPC ports: N, N-M or 0 (MAAS_RPC_PORTS)."],
         ["bind", None, None, "Listen address (MAAS_RPC_BIND)."],
+        ["tls-ca", None, None, "CA certificate, PEM (MAAS_RPC_TLS_CA)."],
+        ["tls-cert", None, None, "This region's certificate (MAAS_RPC_TLS_CERT)."],
+        ["tls-key", None, None, "Its private key (MAAS_RPC_TLS_KEY)."],
         [
             "database-url",
             None,
@@ -58,6 +61,9 @@ class Options(usage.Options):
                 MAAS_RPC_PORTS=self["ports"],
                 MAAS_RPC_BIND=self["bind"],
                 MAAS_RPC_DATABASE_URL=self["database-url"],
+                MAAS_RPC_TLS_CA=self["tls-ca"],
+                MAAS_RPC_TLS_CERT=self["tls-cert"],
+                MAAS_RPC_TLS_KEY=self["tls-key"],
             )
             spec = self["protocol"] or os.environ.get("MAAS_RPC_REGION_PROTOCOL")
             self["protocolClass"] = (

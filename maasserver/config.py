@@ -29,6 +29,9 @@ Variables (command-line flags mirror them and take precedence):
     share, instead of the SQLite file in the data directory; libpq's ``PG*``
     variables supply what the URL leaves out. Needs psycopg 3
     (``maas-rpc[postgresql]``). Default unset: SQLite.
+``MAAS_RPC_IDLE_TIMEOUT``
+    Seconds after which a cluster connection the region has heard nothing
+    from is dropped (default 90; clusters ping every 30).
 ``MAAS_RPC_TLS_CA``, ``MAAS_RPC_TLS_CERT``, ``MAAS_RPC_TLS_KEY``
     PEM files that turn on mutual TLS, required from every cluster (see
     :mod:`provisioningserver.rpc.tls`); all three or none.
@@ -72,6 +75,8 @@ class RegionConfig:
     :ivar status: whether to keep a status file in ``data_dir/status``.
     :ivar database_url: the PostgreSQL URL of the advertisement store;
         ``None`` for the SQLite store at ``store_path``.
+    :ivar idle_timeout: seconds of silence after which a cluster connection
+        is dropped.
     :ivar tls: mutual TLS material
         (:class:`~provisioningserver.rpc.tls.TLSConfig`), or ``None`` for
         plain TCP.
@@ -88,6 +93,7 @@ class RegionConfig:
     advertise_expiry: float = 300.0
     status: bool = False
     database_url: str | None = None
+    idle_timeout: float = 90.0
     tls: TLSConfig | None = None
     limits: Limits = field(default_factory=Limits)
 
@@ -152,6 +158,7 @@ class RegionConfig:
             advertise_expiry=env_float(env, "MAAS_RPC_ADVERTISE_EXPIRY", 300.0),
             status=status in ("1", "yes", "true"),
             database_url=database_url,
+            idle_timeout=env_float(env, "MAAS_RPC_IDLE_TIMEOUT", 90.0),
             tls=TLSConfig.from_env(env, REGION_ROLE),
             limits=Limits.from_env(env),
         )

@@ -135,6 +135,7 @@ class RegionEventLoop:
             ),
             limits=config.limits,
             tls=config.tls,
+            idleTimeout=config.idle_timeout,
         )
         rpc.setServiceParent(self.services)
         advertise = RegionAdvertisingService(

@@ -24,6 +24,9 @@ Variables a cluster reads (see :class:`ClusterConfig`):
 ``MAAS_RPC_POLL_DISCONNECTED``, ``MAAS_RPC_POLL_PARTIAL``, ``MAAS_RPC_POLL_CONNECTED``
     Seconds between discovery polls with no connection (default 2), with
     some (10), and with every advertised event-loop connected (30).
+``MAAS_RPC_KEEPALIVE_INTERVAL``, ``MAAS_RPC_KEEPALIVE_TIMEOUT``
+    Seconds between pings on each region connection (default 30), and how
+    long one may take before the connection is dropped (10).
 ``MAAS_RPC_TLS_CA``, ``MAAS_RPC_TLS_CERT``, ``MAAS_RPC_TLS_KEY``
     PEM files that turn on mutual TLS (see :mod:`provisioningserver.rpc.tls`);
     all three or none.
@@ -218,6 +221,8 @@ class ClusterConfig:
     :ivar poll_disconnected: seconds between polls with no connection.
     :ivar poll_partial: seconds between polls while partly connected.
     :ivar poll_connected: seconds between polls when fully connected.
+    :ivar keepalive_interval: seconds between pings on each connection.
+    :ivar keepalive_timeout: seconds a ping may take.
     :ivar tls: mutual TLS material
         (:class:`~provisioningserver.rpc.tls.TLSConfig`), or ``None`` for
         plain TCP.
@@ -234,6 +239,8 @@ class ClusterConfig:
     poll_disconnected: float = 2.0
     poll_partial: float = 10.0
     poll_connected: float = 30.0
+    keepalive_interval: float = 30.0
+    keepalive_timeout: float = 10.0
     tls: Any = None
     limits: Any = None
 
@@ -288,6 +295,8 @@ class ClusterConfig:
             poll_disconnected=env_float(env, "MAAS_RPC_POLL_DISCONNECTED", 2.0),
             poll_partial=env_float(env, "MAAS_RPC_POLL_PARTIAL", 10.0),
             poll_connected=env_float(env, "MAAS_RPC_POLL_CONNECTED", 30.0),
+            keepalive_interval=env_float(env, "MAAS_RPC_KEEPALIVE_INTERVAL", 30.0),
+            keepalive_timeout=env_float(env, "MAAS_RPC_KEEPALIVE_TIMEOUT", 10.0),
             tls=TLSConfig.from_env(env, CLUSTER_ROLE),
             limits=Limits.from_env(env),
         )

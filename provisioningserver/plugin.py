@@ -127,6 +127,8 @@ def makeClusterService(config: ClusterConfig, protocol: Any = None) -> MultiServ
         connectTimeout=config.connect_timeout,
         tls=config.tls,
         limits=config.limits,
+        keepaliveInterval=config.keepalive_interval,
+        keepaliveTimeout=config.keepalive_timeout,
     )
     rpc.setServiceParent(services)
     return services

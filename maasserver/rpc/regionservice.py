@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -46,7 +47,7 @@ from provisioningserver.rpc.handshake import (
     challengePeer,
 )
 from provisioningserver.rpc.limits import Limits
-from provisioningserver.rpc.region import Authenticate, Identify, Register
+from provisioningserver.rpc.region import Authenticate, Identify, Ping, Register
 from provisioningserver.rpc.tls import TLSConfig
 from provisioningserver.twisted.protocols import amp
 from provisioningserver.utils.twisted import DeferredValue
@@ -115,6 +116,14 @@ class Region(RPCProtocol):
             self._reflected(error)
             raise
 
+    @Ping.responder
+    def ping(self) -> dict[str, Any]:
+        """Answer a cluster's keepalive.
+
+        :return: ``{}``.
+        """
+        return {}
+
     @Register.responder
     def register(
         self,
@@ -172,9 +181,18 @@ class RegionServer(Region):
         self._deadline: HandshakeDeadline | None = None
         self._failureLogged = False
 
+    def dataReceived(self, data: bytes) -> None:
+        """Note when the cluster was last heard from, then parse.
+
+        :param data: bytes from the cluster.
+        """
+        self.lastHeard = self.service.clock.seconds()
+        super().dataReceived(data)
+
     def connectionMade(self) -> None:
         """Start the handshake and its deadline."""
         super().connectionMade()
+        self.lastHeard = self.service.clock.seconds()
         self.service.live.add(self)
         self._peer = peerAddress(self)
         self._deadline = HandshakeDeadline(
@@ -353,6 +371,8 @@ class RegionService(Service):
     :param tls: TLS material (:class:`~provisioningserver.rpc.tls.TLSConfig`);
         when given, every cluster must start TLS first; plain TCP when
         ``None``.
+    :param idleTimeout: seconds after which a connection the region has
+        heard nothing from (clusters ping every 30 s by default) is dropped.
 
     :ivar connections: UUID → set of :class:`RegionServer` (in rotation).
     :ivar live: every open connection, in rotation or still in the
@@ -375,9 +395,12 @@ class RegionService(Service):
         statusPath: Path | None = None,
         limits: Limits | None = None,
         tls: TLSConfig | None = None,
+        idleTimeout: float = 90.0,
     ) -> None:
         self.secret = secret
         self.tls = tls
+        self.idleTimeout = idleTimeout
+        self._sweeper: Any = None
         self.limits = limits if limits is not None else Limits()
         self._unauthenticated: Counter[str] = Counter()
         self._eventloop = eventloop
@@ -413,6 +436,9 @@ class RegionService(Service):
         :raises NoFreePort: when no port in ``ports`` can be bound.
         """
         super().startService()
+        self._sweeper = LoopingCall(self._dropIdle)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(self.idleTimeout / 3, now=False)
         try:
             port = self._listen()
         except NoFreePort as error:
@@ -451,6 +477,8 @@ class RegionService(Service):
         :return: a Deferred that fires once all connections are closed.
         """
         super().stopService()
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
         waits = []
         if self._port is not None:
             waits.append(defer.maybeDeferred(self._port.stopListening))
@@ -474,6 +502,19 @@ class RegionService(Service):
         if self._port is None:
             return None
         return int(self._port.getHost().port)
+
+    def _dropIdle(self) -> None:
+        deadline = self.clock.seconds() - self.idleTimeout
+        for conn in list(self.live):
+            if conn.lastHeard < deadline:
+                log.warn(
+                    "Heard nothing from cluster {ident} at {peer} for {idle} "
+                    "seconds; dropping the connection.",
+                    ident=conn.ident or "(unidentified)",
+                    peer=peerAddress(conn),
+                    idle=self.idleTimeout,
+                )
+                conn.abort()
 
     # Connections not yet authenticated, per source address.
 

@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -41,7 +42,7 @@ from provisioningserver.rpc.handshake import (
     challengePeer,
 )
 from provisioningserver.rpc.limits import Limits
-from provisioningserver.rpc.region import Register
+from provisioningserver.rpc.region import Ping, Register
 from provisioningserver.rpc.tls import TLSConfig
 from provisioningserver.twisted.protocols import amp
 from provisioningserver.utils.twisted import DeferredValue
@@ -178,6 +179,7 @@ class ClusterClient(Cluster):
         self.address = address
         self.ready = DeferredValue()
         self._deadline: HandshakeDeadline | None = None
+        self._keepalive: LoopingCall | None = None
 
     def connectionMade(self) -> None:
         """Start the handshake and its deadline."""
@@ -227,6 +229,31 @@ class ClusterClient(Cluster):
         )
         self.service._addConnection(self.eventloop, self)
         self.ready.set(self)
+        self._keepalive = LoopingCall(self._ping)
+        self._keepalive.clock = self.service.clock
+        self._keepalive.start(self.service.keepaliveInterval, now=False)
+
+    def _ping(self) -> Deferred[None]:
+        timeout = self.service.keepaliveTimeout
+        d = self.callRemote(Ping).addTimeout(timeout, self.service.clock)
+
+        def failed(failure: Failure) -> None:
+            if failure.check(amp.UnhandledCommand):
+                return  # An older region without Ping: it answered, so alive.
+            if not self.isConnected():
+                return
+            log.warn(
+                "Region event-loop {eventloop} at {peer} did not answer a "
+                "keepalive within {timeout} seconds ({error}); dropping the "
+                "connection.",
+                eventloop=self.eventloop,
+                peer=peerAddress(self),
+                timeout=timeout,
+                error=failure.getErrorMessage(),
+            )
+            self.abort()
+
+        return d.addCallbacks(lambda _: None, failed)
 
     def _handshakeFailed(self, failure: Failure) -> None:
         if self._deadline is not None:
@@ -258,6 +285,8 @@ class ClusterClient(Cluster):
         """
         if self._deadline is not None:
             self._deadline.done()
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
         super().connectionLost(reason)
         if not self.ready.isSet:
             self.ready.fail(reason)
@@ -289,9 +318,16 @@ class ClusterClientService(Service):
     answers), and drops connections to event-loops no longer advertised. It
     polls every ``intervals[0]`` seconds while it has no connection (and
     when just started), ``intervals[1]`` while some advertised event-loops
-    are not connected, ``intervals[2]`` when all are, and at once after a
-    connection is lost. An HTTP error from the region means "try again",
-    logged once until the region answers well again.
+    are not connected, ``intervals[2]`` when all are (each give or take
+    10%), and at once after a connection is lost, then with exponential
+    backoff and jitter (0.5 s, 1 s, 2 s, ... up to the interval) until
+    reconnected. An HTTP error from the region means "try again", logged
+    once until the region answers well again; meanwhile it keeps connecting
+    to the last event-loops the region advertised.
+
+    Each region connection is pinged every ``keepaliveInterval`` seconds; one
+    that does not answer within ``keepaliveTimeout`` is dropped (and so
+    replaced).
 
     :param maasURL: the region's base URL, e.g. ``http://region:5240/MAAS``.
     :param secret: the raw shared secret.
@@ -315,6 +351,13 @@ class ClusterClientService(Service):
     :param tls: TLS material (:class:`~provisioningserver.rpc.tls.TLSConfig`);
         when given, each connection starts TLS first and requires it; plain
         TCP when ``None``.
+    :param keepaliveInterval: seconds between pings on each region
+        connection.
+    :param keepaliveTimeout: seconds a ping may take before the connection is
+        dropped and replaced.
+    :param randomness: a source of uniform numbers in [0, 1) for the jitter
+        of poll delays; :func:`random.random` when ``None`` (a test passes a
+        constant).
 
     :ivar connections: event-loop name → its ready :class:`ClusterClient`.
     :ivar handshaking: connections still in the handshake.
@@ -337,6 +380,9 @@ class ClusterClientService(Service):
         connect: Callable[..., Deferred[Any]] | None = None,
         limits: Limits | None = None,
         tls: TLSConfig | None = None,
+        keepaliveInterval: float = 30.0,
+        keepaliveTimeout: float = 10.0,
+        randomness: Callable[[], float] | None = None,
     ) -> None:
         self.maasURL = maasURL.rstrip("/")
         self.tls = tls
@@ -359,6 +405,10 @@ class ClusterClientService(Service):
         self._updating: Deferred[None] | None = None
         self._again = False
         self._complained = False
+        self._retries: int | None = None
+        self._random = random.random if randomness is None else randomness
+        self.keepaliveInterval = keepaliveInterval
+        self.keepaliveTimeout = keepaliveTimeout
 
     @property
     def clock(self) -> Any:
@@ -449,7 +499,24 @@ class ClusterClientService(Service):
             self._again = False
             self._schedule(0)
         else:
-            self._schedule(self.interval)
+            self._schedule(self._nextDelay())
+
+    def _nextDelay(self) -> float:
+        """How long until the next poll.
+
+        In steady state, the interval for the current state, give or take
+        10%. After a lost connection, until every advertised event-loop is
+        connected again: 0.5 s, 1 s, 2 s, ... up to that interval, each
+        between half and one and a half times that, so that clusters that lost
+        the same region at the same moment do not all come back together.
+        """
+        spread = self._random()
+        if self._retries is None or self.interval == self.intervals[2]:
+            self._retries = None
+            return self.interval * (0.9 + 0.2 * spread)
+        self._retries += 1
+        backoff = min(self.interval, 0.5 * 2 ** (self._retries - 1))
+        return backoff * (0.5 + spread)
 
     async def _update(self) -> None:
         try:
@@ -464,6 +531,10 @@ class ClusterClientService(Service):
                     error=error,
                 )
                 self._complained = True
+            if self.eventloops:
+                # Use the last event-loops the region advertised: they may
+                # well still be there even when MAAS_URL does not answer.
+                await self._reconcile(self.eventloops, dropVanished=False)
             self._setInterval()
             return
         if self._complained:
@@ -487,9 +558,12 @@ class ClusterClientService(Service):
         else:
             self.interval = self.intervals[2]
 
-    async def _reconcile(self, eventloops: dict[str, Endpoints]) -> None:
+    async def _reconcile(
+        self, eventloops: dict[str, Endpoints], dropVanished: bool = True
+    ) -> None:
         # Drop connections to event-loops no longer advertised.
-        for name in set(self.connections) - set(eventloops):
+        vanished = set(self.connections) - set(eventloops) if dropVanished else ()
+        for name in vanished:
             conn = self.connections.pop(name)
             log.info(
                 "Region event-loop {name} is no longer advertised; disconnecting.",
@@ -575,5 +649,6 @@ class ClusterClientService(Service):
             del self.connections[name]
             log.info("Lost connection to region event-loop {name}.", name=name)
             self._setInterval()
-            # Look for it (or its replacement) again at once.
+            # Look for it (or its replacement) again at once, then back off.
+            self._retries = 0
             self._schedule(0)

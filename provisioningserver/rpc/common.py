@@ -42,6 +42,7 @@ __all__ = [
     "TOO_MANY_ASKS",
     "Authenticate",
     "Client",
+    "callWithFallback",
     "Identify",
     "RPCProtocol",
     "peerAddress",
@@ -724,3 +725,50 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client for {self.ident!r}>"
+
+
+async def _firstKnown(
+    client: Client,
+    calls: tuple[tuple[type[amp.Command], dict[str, Any]], ...],
+    timeout: Any,
+) -> tuple[type[amp.Command], dict[str, Any]]:
+    for command, kwargs in calls[:-1]:
+        try:
+            return command, await client(command, _timeout=timeout, **kwargs)
+        except amp.UnhandledCommand:
+            continue  # The peer does not know it (UNHANDLED): try the next.
+    command, kwargs = calls[-1]
+    return command, await client(command, _timeout=timeout, **kwargs)
+
+
+@asynchronous
+def callWithFallback(
+    client: Client,
+    *calls: tuple[type[amp.Command], dict[str, Any]],
+    _timeout: Any = DEFAULT_CALL_TIMEOUT,
+) -> Deferred[tuple[type[amp.Command], dict[str, Any]]]:
+    """Call the first of several forms of a command that the peer knows.
+
+    For version skew: a newer command (``EatCheezV2``) is tried first, and
+    an older form only when the peer answers ``UNHANDLED`` (it does not know
+    the command). Any other error, including ``UNKNOWN`` (the peer's
+    responder crashed), is raised as it is::
+
+        command, answer = await callWithFallback(
+            client,
+            (EatCheezV2, {"name": "Brie", "origin": "France", "age": 8}),
+            (EatCheez, {"name": "Brie", "origin": "France"}),
+        )
+
+    :param client: the :class:`Client` to call.
+    :param calls: ``(command, arguments)`` pairs, newest first.
+    :param _timeout: each call's deadline, as for :class:`Client`.
+    :return: a Deferred (in the reactor; an
+        :class:`~crochet.EventualResult` elsewhere) of the command that
+        answered and its answer.
+    :raises ValueError: when no calls are given.
+    :raises amp.UnhandledCommand: when the peer knows none of them.
+    """
+    if not calls:
+        raise ValueError("callWithFallback needs at least one (command, arguments)")
+    return Deferred.fromCoroutine(_firstKnown(client, calls, _timeout))

@@ -16,6 +16,7 @@ from provisioningserver.twisted.protocols import amp
 __all__ = [
     "Authenticate",
     "Identify",
+    "Ping",
     "Register",
 ]
 
@@ -58,3 +59,20 @@ class Register(amp.Command):
     errors = {
         CannotRegisterCluster: b"CannotRegisterCluster",
     }
+
+
+class Ping(amp.Command):
+    """Check that the region event-loop is alive: a cluster's keepalive.
+
+    A cluster pings each region connection periodically and drops one that
+    does not answer in time; the region drops connections it has heard
+    nothing from for a while. An older region that does not know ``Ping``
+    answers ``UNHANDLED``, which still shows it is alive.
+
+    Arguments: none. Response: empty.
+
+    :since: 1.1
+    """
+
+    arguments = []
+    response = []

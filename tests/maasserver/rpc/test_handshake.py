@@ -92,8 +92,10 @@ def _successful_handshake():
     d = mesh.cluster.getClient()(Identify, _timeout=None)
     pump.flush()
     assert successResultOf(d) == {"ident": EVENTLOOP}
-    # The handshake deadlines were cancelled.
-    assert mesh.clock.getDelayedCalls() == []
+    # The handshake deadlines were cancelled; only the cluster's keepalive
+    # remains scheduled.
+    (keepalive,) = mesh.clock.getDelayedCalls()
+    assert keepalive.getTime() - mesh.clock.seconds() == 30
 
 
 def test_cluster_with_wrong_secret_is_dropped_and_logged(logged):

@@ -89,12 +89,15 @@ def make_service(clock: Clock, region: FakeRegion) -> ClusterClientService:
         fetch=region.fetch,
         connect=region.connect,
         intervals=(2, 10, 30),
+        randomness=lambda: 0.5,  # No jitter: exact delays.
     )
     return service
 
 
 def next_poll(clock: Clock) -> float:
-    calls = clock.getDelayedCalls()
+    calls = [
+        c for c in clock.getDelayedCalls() if getattr(c.func, "__name__", "") == "_poll"
+    ]
     assert len(calls) == 1, calls
     return calls[0].getTime() - clock.seconds()
 

@@ -18,7 +18,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from provisioningserver.rpc.cluster import EatCheez
-from provisioningserver.rpc.common import Authenticate, Client, Identify, RPCProtocol
+from provisioningserver.rpc.common import (
+    Authenticate,
+    Client,
+    Identify,
+    RPCProtocol,
+    callWithFallback,
+)
 from provisioningserver.rpc.exceptions import (
     ArgumentTooLarge,
     CallTimedOut,
@@ -393,3 +399,60 @@ def test_handshake_commands_wire_contract():
         (b"digest", amp.String),
         (b"salt", amp.String),
     ]
+
+
+# Version skew.
+
+
+class EatCheezV2(amp.Command):
+    """A newer EatCheez that also takes the cheese's age.
+
+    :since: test
+    """
+
+    arguments = [
+        (b"name", amp.Unicode()),
+        (b"origin", amp.Unicode()),
+        (b"age", amp.Integer()),
+    ]
+    response = [(b"rating", amp.Integer())]
+
+
+class NewerCheesyProtocol(CheesyProtocol):
+    @EatCheezV2.responder
+    def eat_cheez_v2(self, name, origin, age):
+        if age < 0:
+            raise ValueError("a crash, not an unknown command")
+        return {"rating": age}
+
+
+def _skew(server_class, age):
+    def body():
+        server = server_class()
+        conn = RPCProtocol()
+        pump = connect_in_memory(server, conn)
+        d = callWithFallback(
+            Client(conn),
+            (EatCheezV2, {"name": "Brie", "origin": "France", "age": age}),
+            (EatCheez, {"name": "Brie", "origin": "France"}),
+            _timeout=None,
+        )
+        pump.flush()
+        return d
+
+    return _in_reactor(body)
+
+
+def test_fallback_to_the_older_form_when_the_peer_does_not_know_it(reactor_thread):
+    command, answer = _skew(CheesyProtocol, 3)  # An older peer: no V2.
+    assert (command, answer) == (EatCheez, {"rating": 10})
+
+
+def test_no_fallback_when_the_peer_knows_the_newer_form(reactor_thread):
+    command, answer = _skew(NewerCheesyProtocol, 3)
+    assert (command, answer) == (EatCheezV2, {"rating": 3})
+
+
+def test_no_fallback_when_the_newer_responder_crashes(reactor_thread):
+    with pytest.raises(amp.UnknownRemoteError):
+        _skew(NewerCheesyProtocol, -1)

@@ -218,8 +218,6 @@ class RPCProtocol(amp.AMP):
         """The peer reads again: read from it again."""
         self._writePaused = False
         self._unsentWhilePaused = 0
-        self._dropAfterAnswer = False
-        self.tlsReady = DeferredValue()
         resume = getattr(self.transport, "resumeProducing", None)
         if resume is not None:
             resume()

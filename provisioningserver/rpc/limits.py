@@ -9,7 +9,8 @@ Environment variables (both sides):
 
 ``MAAS_RPC_MAX_UNAUTHENTICATED``
     Connections from one source address that may be in the handshake at
-    once (region side; default 16).
+    once (region side; default 100: many clusters may share one address
+    behind NAT and reconnect together).
 ``MAAS_RPC_MAX_OUTSTANDING``
     Commands from one connection that may be in progress at once (default
     1000).
@@ -54,7 +55,7 @@ class Limits:
         authenticated.
     """
 
-    maxUnauthenticatedPerAddress: int = 16
+    maxUnauthenticatedPerAddress: int = 100
     maxOutstandingAsks: int = 1000
     maxUnsentBytes: int = 64 * 1024 * 1024
     maxValueBytes: int = 16 * 1024 * 1024
@@ -73,7 +74,7 @@ class Limits:
         env = os.environ if environ is None else environ
         return cls(
             maxUnauthenticatedPerAddress=env_int(
-                env, "MAAS_RPC_MAX_UNAUTHENTICATED", 16, minimum=1
+                env, "MAAS_RPC_MAX_UNAUTHENTICATED", 100, minimum=1
             ),
             maxOutstandingAsks=env_int(
                 env, "MAAS_RPC_MAX_OUTSTANDING", 1000, minimum=1

@@ -275,3 +275,15 @@ def test_a_recorded_answer_does_not_authenticate_a_new_connection(logged):
     assert lines(logged, "Authentication of cluster")
     assert service.connections == {}
     assert not server.isConnected()
+
+
+def test_back_pressure_keeps_the_connection_state():
+    """Pausing and resuming (the peer stops reading, then reads again)
+    changes nothing but reading."""
+    proto = RPCProtocol()
+    ready = proto.tlsReady
+    proto._dropAfterAnswer = True
+    proto.pauseProducing()
+    proto.resumeProducing()
+    assert proto.tlsReady is ready
+    assert proto._dropAfterAnswer

@@ -1,0 +1,338 @@
+"""A benchmark peer process, driven over its standard input and output.
+
+``python -m benchmarks.worker ROLE`` runs Twisted's reactor in its main
+thread (as a deployed cluster or region process does) and answers one JSON
+command per line on standard input with one JSON line on standard output.
+Logs go to standard error. The process stops its services and exits when its
+standard input closes, so it cannot outlive the driver that started it.
+
+A role only decides which modules are imported up front, so that a cluster
+worker never loads region code (``cluster``), a raw AMP peer loads none of
+maas-rpc's RPC modules (``raw``), and a region worker runs an event-loop
+(``region``).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import gc
+import json
+import os
+import resource
+import sys
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+
+__all__ = ["main", "rss", "sourceAddress"]
+
+log = Logger()
+
+
+def sourceAddress(index: int) -> str:
+    """The loopback address simulated cluster ``index`` connects from:
+    127.1.0.1, 127.1.0.2, ... (all of 127.0.0.0/8 is this host's)."""
+    return f"127.{1 + index // 62500}.{index // 250 % 250}.{index % 250 + 1}"
+
+
+def rss() -> int:
+    """This process's resident set size in bytes, after a full collection."""
+    gc.collect()
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class Control(LineReceiver):
+    """Answers the driver's commands; see the ``cmd_*`` methods."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 20
+
+    def __init__(self, reactor: Any, role: str) -> None:
+        self.reactor = reactor
+        self.role = role
+        self.rawServers: list[Any] = []
+        self.rawListening: Any = None
+        self.rawClients: list[Any] = []
+        self.clusters: list[Any] = []
+        self.started: list[Any] = []
+        self.region: Any = None
+        self.profiler: cProfile.Profile | None = None
+
+    # Protocol.
+
+    def lineReceived(self, line: bytes) -> None:
+        request = json.loads(line)
+        ident = request.pop("id", None)
+        name = request.pop("cmd")
+        method = getattr(self, f"cmd_{name}", None)
+        if method is None:
+            d: Deferred[Any] = defer.fail(ValueError(f"unknown command {name!r}"))
+        else:
+            d = defer.maybeDeferred(method, **request)
+
+        def ok(result: Any) -> None:
+            self._reply({"id": ident, "ok": True, **(result or {})})
+
+        def failed(failure: Any) -> None:
+            log.failure("Command {name} failed.", failure, name=name)
+            self._reply({"id": ident, "ok": False, "error": failure.getErrorMessage()})
+
+        d.addCallbacks(ok, failed)
+
+    def _reply(self, message: dict[str, Any]) -> None:
+        self.transport.write(json.dumps(message).encode() + b"\n")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # The driver closed our standard input (or died): stop everything.
+        d = defer.maybeDeferred(self._stopAll)
+        d.addErrback(lambda f: log.failure("Stopping failed.", f))
+        d.addBoth(lambda _: self.reactor.stop())
+
+    def _stopAll(self) -> Deferred[Any]:
+        waits: list[Deferred[Any]] = [self.cmd_clusters_stop()]
+        for proto in self.rawClients:
+            proto.transport.loseConnection()
+        if self.rawListening is not None:
+            waits.append(defer.maybeDeferred(self.rawListening.stopListening))
+        if self.region is not None:
+            waits.append(self.region.stop())
+        return defer.DeferredList(waits)
+
+    # Generic commands.
+
+    def cmd_ping(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "role": self.role}
+
+    def cmd_rss(self) -> dict[str, Any]:
+        return {"rss": rss()}
+
+    def cmd_cpu(self) -> dict[str, Any]:
+        return {"cpu": time.process_time()}
+
+    def cmd_profile_start(self, clock: str = "cpu") -> None:
+        self.profiler = cProfile.Profile(
+            time.thread_time if clock == "cpu" else time.perf_counter
+        )
+        self.profiler.enable()
+
+    def cmd_profile_stop(self, path: str) -> None:
+        if self.profiler is not None:
+            self.profiler.disable()
+            self.profiler.dump_stats(path)
+            self.profiler = None
+
+    # Raw AMP.
+
+    def cmd_raw_listen(self) -> dict[str, Any]:
+        from benchmarks.raw import rawFactory
+
+        self.rawListening = self.reactor.listenTCP(
+            0, rawFactory(self.rawServers), interface="127.0.0.1"
+        )
+        return {"port": self.rawListening.getHost().port}
+
+    def cmd_raw_connect(self, port: int, n: int, call: bool = True) -> Deferred[Any]:
+        """Open ``n`` raw AMP connections to ``port``, making one call on
+        each when ``call``."""
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.protocols import amp
+
+        from benchmarks.raw import NAME, ORIGIN, RawEatCheez
+
+        class _Factory(Factory):
+            noisy = False
+            protocol = amp.AMP
+
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
+
+        def connected(proto: Any) -> Any:
+            self.rawClients.append(proto)
+            if call:
+                return proto.callRemote(RawEatCheez, name=NAME, origin=ORIGIN)
+            return None
+
+        attempts = [
+            endpoint.connect(_Factory()).addCallback(connected) for _ in range(n)
+        ]
+        d = defer.gatherResults(attempts, consumeErrors=True)
+        return d.addCallback(lambda _: {"connections": len(self.rawClients)})
+
+    # Clusters.
+
+    def cmd_clusters_create(
+        self,
+        url: str,
+        secret: str,
+        n: int,
+        intervals: list[float],
+        handshakeTimeout: float = 30.0,
+        source: int | None = None,
+    ) -> dict[str, Any]:
+        """Create ``n`` cluster services (not started), each with its own
+        UUID; answer their UUIDs.
+
+        :param source: when given, cluster ``i`` connects to the region from
+            its own loopback address, ``sourceAddress(source + i)``, as
+            clusters on their own hosts do; else all from 127.0.0.1.
+        """
+        from provisioningserver.rpc.clusterservice import ClusterClientService
+
+        def connector(index: int) -> Any:
+            if source is None:
+                return None
+            return partial(self._connectFrom, sourceAddress(source + index))
+
+        created = [
+            ClusterClientService(
+                url,
+                bytes.fromhex(secret),
+                str(uuid.uuid4()),
+                intervals=intervals,
+                handshakeTimeout=handshakeTimeout,
+                connect=connector(i),
+            )
+            for i in range(n)
+        ]
+        self.clusters.extend(created)
+        return {"uuids": [service.uuid for service in created]}
+
+    def _connectFrom(
+        self, address: str, host: str, port: int, factory: Factory
+    ) -> Deferred[Any]:
+        # What ClusterClientService does by default, from a chosen address.
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        endpoint = HostnameEndpoint(
+            self.reactor, host, port, 10.0, bindAddress=(address, 0)
+        )
+        return endpoint.connect(factory)
+
+    def cmd_clusters_start(self) -> dict[str, Any]:
+        """Start every created cluster service; answer when (monotonic)."""
+        t0 = time.monotonic()
+        for service in self.clusters:
+            if not service.running:
+                service.startService()
+                self.started.append(service)
+        return {"t0": t0}
+
+    def cmd_clusters_wait(
+        self, perCluster: int, timeout: float = 60.0
+    ) -> Deferred[Any]:
+        """Answer once every started cluster has ``perCluster`` connections
+        (authenticated and registered): when (monotonic) and how many."""
+        from twisted.internet.task import LoopingCall
+
+        done: Deferred[Any] = Deferred()
+        deadline = time.monotonic() + timeout
+
+        def count() -> int:
+            return sum(len(s.connections) for s in self.started)
+
+        def check() -> None:
+            now = time.monotonic()
+            if all(len(s.connections) >= perCluster for s in self.started):
+                poll.stop()
+                done.callback({"t": now, "connections": count()})
+            elif now > deadline:
+                poll.stop()
+                done.errback(
+                    TimeoutError(
+                        f"{count()} of {perCluster * len(self.started)} cluster "
+                        f"connections after {timeout} s"
+                    )
+                )
+
+        poll = LoopingCall(check)
+        poll.clock = self.reactor
+        poll.start(0.002)
+        return done
+
+    def cmd_clusters_stop(self) -> Deferred[Any]:
+        services, self.started, self.clusters = self.started, [], []
+        waits = [defer.maybeDeferred(s.stopService) for s in services if s.running]
+        return defer.DeferredList(waits).addCallback(lambda _: None)
+
+    # A region event-loop in this process.
+
+    def cmd_region_start(self, dataDir: str) -> Deferred[Any]:
+        import crochet
+
+        from maasserver import eventloop
+        from maasserver.config import RegionConfig
+
+        crochet.no_setup()
+        config = RegionConfig(
+            data_dir=Path(dataDir), http_port=0, ports=range(0, 1), bind="127.0.0.1"
+        )
+        self.region = eventloop.loop
+        d = eventloop.start(config)
+
+        def started(_: Any) -> dict[str, Any]:
+            services = eventloop.services
+            return {
+                "http": services.getServiceNamed("web").getPort(),
+                "rpc": services.getServiceNamed("rpc").getPort(),
+            }
+
+        return d.addCallback(started)
+
+    def cmd_region_count(self) -> dict[str, Any]:
+        from maasserver import eventloop
+
+        rpc = eventloop.services.getServiceNamed("rpc")
+        return {"connections": sum(len(c) for c in rpc.connections.values())}
+
+
+def _beginLogging() -> None:
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
+        redirectStandardIO=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a worker until its standard input closes.
+
+    :param argv: ``[ROLE]``: ``raw``, ``cluster`` or ``region``.
+    :return: the exit status.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    role = args[0] if args else "raw"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    _beginLogging()
+    if role == "cluster":
+        import provisioningserver.rpc.clusterservice  # noqa: F401
+    elif role == "region":
+        import maasserver.eventloop  # noqa: F401
+    else:
+        import benchmarks.raw  # noqa: F401
+    from twisted.internet import reactor, stdio
+
+    stdio.StandardIO(Control(reactor, role))
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

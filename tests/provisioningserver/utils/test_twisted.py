@@ -706,3 +706,64 @@ def test_deferred_value_cancel_after_set_is_harmless():
     dv.set("value")
     d.cancel()
     assert successResultOf(d) == "value"
+
+
+# callInReactor: the thread hop behind asynchronous.
+
+
+def test_call_in_reactor_delivers_values_failures_and_deferreds(reactor_thread):
+    import threading
+
+    from twisted.internet import defer as _defer
+
+    from provisioningserver.utils.twisted import callInReactor
+
+    threads = []
+
+    def plain(x):
+        threads.append(threading.get_ident())
+        return x * 2
+
+    def failing():
+        raise KeyError("boom")
+
+    def later(x):
+        d = _defer.Deferred()
+        reactor_thread.callLater(0, d.callback, x)
+        return d
+
+    async def coro(x):
+        return x + 1
+
+    result = callInReactor(reactor_thread, plain, (21,))
+    assert isinstance(result, crochet.EventualResult)
+    assert result.wait(10) == 42
+    assert threads and threads[0] != threading.get_ident()
+    with pytest.raises(KeyError):
+        callInReactor(reactor_thread, failing).wait(10)
+    assert callInReactor(reactor_thread, later, (7,)).wait(10) == 7
+    assert callInReactor(reactor_thread, coro, (7,)).wait(10) == 8
+    # A result can be read again, and original_failure works.
+    again = callInReactor(reactor_thread, failing)
+    with pytest.raises(KeyError):
+        again.wait(10)
+    assert again.original_failure().check(KeyError)
+
+
+def test_call_in_reactor_times_out_and_cancels(reactor_thread):
+    from twisted.internet import defer as _defer
+
+    from provisioningserver.utils.twisted import callInReactor
+
+    cancelled = []
+
+    def never():
+        return _defer.Deferred(lambda d: cancelled.append(True))
+
+    result = callInReactor(reactor_thread, never)
+    with pytest.raises(crochet.TimeoutError):
+        result.wait(0.05)
+    result.cancel()
+    with pytest.raises(_defer.CancelledError):
+        result.wait(10)
+    assert cancelled == [True]

@@ -18,7 +18,7 @@ import socket
 from functools import partial
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from provisioningserver.rpc.chunking import CHUNK_BYTES, joinChunks, splitLargeValues
 from provisioningserver.rpc.codec import CommandSpec, serializeBox, specFor
+from provisioningserver.rpc.deadlines import Deadlines
 from provisioningserver.rpc.exceptions import (
     ArgumentTooLarge,
     CallTimedOut,
@@ -291,6 +292,9 @@ class RPCProtocol(amp.AMP):
             self.tlsReady.get().addErrback(lambda _: None)
         super().connectionLost(reason)
         self._fastAsks.clear()
+        deadlines = getattr(self, "_rpcDeadlines", None)
+        if deadlines is not None:
+            deadlines.stop()
         self.onConnectionLost.callback(None)
 
     def isConnected(self) -> bool:
@@ -930,24 +934,32 @@ class Client:
     def _call(
         self, cmd: type[amp.Command], timeout: Any, kwargs: dict[str, Any]
     ) -> Deferred[dict[str, Any]]:
-        d = maybeDeferred(self._conn.callRemote, cmd, **kwargs)
+        try:
+            d = self._conn.callRemote(cmd, **kwargs)
+        except Exception:  # noqa: BLE001 - the caller gets it as a failure
+            return fail()
         if timeout is None or timeout <= 0:
             return d
+
+        def timedOut() -> CallTimedOut:
+            return CallTimedOut(
+                f"{cmd.__name__} to {self.ident} got no answer within {timeout} seconds"
+            )
+
+        return self._deadlines().add(d, timeout, timedOut)
+
+    def _deadlines(self) -> Deadlines:
+        # One shared timer per connection (and clock), not one per call.
+        conn: Any = self._conn
         clock = self._clock
         if clock is None:
             from twisted.internet import reactor as clock
-
-        def timedOut(result: Any, seconds: float) -> Any:
-            if isinstance(result, Failure) and result.check(CancelledError):
-                return Failure(
-                    CallTimedOut(
-                        f"{cmd.__name__} to {self.ident} got no answer within "
-                        f"{seconds} seconds"
-                    )
-                )
-            return result
-
-        return d.addTimeout(timeout, clock, onTimeoutCancel=timedOut)
+        deadlines = getattr(conn, "_rpcDeadlines", None)
+        if deadlines is None or deadlines.clock is not clock:
+            if deadlines is not None:
+                deadlines.stop()
+            deadlines = conn._rpcDeadlines = Deadlines(clock)
+        return deadlines
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Client):

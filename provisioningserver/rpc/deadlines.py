@@ -1,0 +1,112 @@
+"""Call deadlines that share one timer.
+
+Twisted's :meth:`~twisted.internet.defer.Deferred.addTimeout` schedules (and
+later cancels) a delayed call for every call. Most calls have the same
+timeout, so their deadlines come in the order they were set; here each
+distinct timeout keeps its pending calls in insertion order, and one delayed
+call, for the earliest deadline, serves them all. Setting a deadline costs a
+dict insertion, and meeting it a dict deletion; the timer is not moved when
+calls answer early, so it may fire once with nothing to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+
+__all__ = ["Deadlines"]
+
+
+class Deadlines:
+    """Deadlines for Deferreds, measured on one clock.
+
+    :param clock: the clock (an
+        :class:`~twisted.internet.interfaces.IReactorTime`).
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = self._clock = clock
+        # timeout -> {Deferred: (expiry, makes the timeout's exception)}, in
+        # the order set, which is also the order of expiry.
+        self._groups: dict[float, dict[Deferred[Any], tuple[float, Any]]] = {}
+        # Deferreds cancelled for their deadline -> the exception to raise.
+        self._expired: dict[Deferred[Any], Callable[[], BaseException]] = {}
+        self._call: Any = None
+        self._callAt = 0.0
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self._groups.values())
+
+    def add(
+        self,
+        d: Deferred[Any],
+        timeout: float,
+        error: Callable[[], BaseException],
+    ) -> Deferred[Any]:
+        """Cancel ``d`` if it has not fired within ``timeout`` seconds.
+
+        Call it before anything else is added to ``d``'s callbacks.
+
+        :param d: the Deferred.
+        :param timeout: seconds, > 0.
+        :param error: makes the exception ``d`` then fails with, instead of
+            :class:`~twisted.internet.defer.CancelledError`.
+        :return: ``d``.
+        """
+        group = self._groups.get(timeout)
+        if group is None:
+            group = self._groups[timeout] = {}
+        expiry = self._clock.seconds() + timeout
+        group[d] = (expiry, error)
+        d.addBoth(self._settled, group, d)
+        if self._call is None or expiry < self._callAt:
+            self._schedule(expiry)
+        return d
+
+    def _settled(self, result: Any, group: dict[Deferred[Any], Any], d: Any) -> Any:
+        group.pop(d, None)
+        error = self._expired.pop(d, None)
+        if error is not None and isinstance(result, Failure):
+            if result.check(CancelledError):
+                return Failure(error())
+        return result
+
+    def stop(self) -> None:
+        """Stop the timer (the connection is gone); pending deadlines are
+        forgotten."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._groups.clear()
+
+    def _schedule(self, when: float) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._callAt = when
+        delay = max(0.0, when - self._clock.seconds())
+        self._call = self._clock.callLater(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._call = None
+        now = self._clock.seconds()
+        due: list[tuple[Deferred[Any], Any]] = []
+        for timeout, group in list(self._groups.items()):
+            while group:
+                d = next(iter(group))
+                expiry, error = group[d]
+                if expiry > now:
+                    break
+                del group[d]
+                due.append((d, error))
+            if not group:
+                del self._groups[timeout]
+        for d, error in due:
+            if not d.called:
+                self._expired[d] = error
+                d.cancel()
+        heads = [next(iter(group.values()))[0] for group in self._groups.values()]
+        if heads:
+            self._schedule(min(heads))

@@ -87,6 +87,8 @@ class Region(RPCProtocol):
     :param service: the :class:`RegionService` this connection belongs to.
     """
 
+    __slots__ = ("service",)
+
     #: The region answers the cluster's ``StartTLS`` when TLS is configured.
     answersStartTLS = True
 
@@ -170,9 +172,18 @@ class RegionServer(Region):
         cmd.commandName for cmd in (Identify, Authenticate, Register, amp.StartTLS)
     )
 
-    #: The address counted against the unauthenticated-connection limit,
-    #: until the handshake completes.
-    _admittedFrom: str | None = None
+    __slots__ = (
+        "authenticated",
+        "registered",
+        "lastHeard",
+        "networks",
+        "url",
+        "ip_addr_json",
+        "_admittedFrom",
+        "_deadline",
+        "_failureLogged",
+        "_peer",
+    )
 
     def __init__(self, service: RegionService) -> None:
         super().__init__(service)
@@ -180,6 +191,14 @@ class RegionServer(Region):
         self.registered = False
         self._deadline: HandshakeDeadline | None = None
         self._failureLogged = False
+        # The address counted against the unauthenticated-connection limit,
+        # until the handshake completes.
+        self._admittedFrom: str | None = None
+        self._peer = "(not connected)"
+        self.lastHeard = 0.0
+        self.networks: list[dict[str, str]] | None = None
+        self.url: Any = None
+        self.ip_addr_json: str | None = None
 
     def dataReceived(self, data: bytes) -> None:
         """Note when the cluster was last heard from, then parse.
@@ -207,7 +226,7 @@ class RegionServer(Region):
     async def _checkCluster(self) -> None:
         if self.tls is not None:
             # Nothing but StartTLS until TLS is up with a cluster certificate.
-            await self.tlsReady.get()
+            await self._tlsReady().get()
         response = await self.callRemote(Identify)
         self.ident = response["ident"]
         if not await challengePeer(self, self.service.secret, REGION):
@@ -288,6 +307,7 @@ class RegionServer(Region):
             raise CannotRegisterCluster("the connection was lost while registering")
         if self._deadline is not None:
             self._deadline.done()
+            self._deadline = None
         self.registered = True
         self.peerAuthenticated = True
         self.service._releaseUnauthenticated(self)

@@ -104,6 +104,8 @@ class Cluster(RPCProtocol):
         belongs to (it knows the UUID and the secret).
     """
 
+    __slots__ = ("service",)
+
     def __init__(self, service: ClusterClientService) -> None:
         super().__init__(limits=service.limits)
         self.service = service
@@ -161,6 +163,8 @@ class ClusterClient(Cluster):
         authenticated and registered, or failed with the reason it is not.
     """
 
+    __slots__ = ("eventloop", "address", "ready", "_deadline", "_keepalive")
+
     #: Until the region has proved it knows the secret, only these are
     #: dispatched.
     handshakeCommands = frozenset(
@@ -179,7 +183,7 @@ class ClusterClient(Cluster):
         self.address = address
         self.ready = DeferredValue()
         self._deadline: HandshakeDeadline | None = None
-        self._keepalive: LoopingCall | None = None
+        self._keepalive: _Keepalive | None = None
 
     def connectionMade(self) -> None:
         """Start the handshake and its deadline."""
@@ -220,6 +224,7 @@ class ClusterClient(Cluster):
     def _handshakeDone(self, _: Any) -> None:
         if self._deadline is not None:
             self._deadline.done()
+            self._deadline = None
         if not self.isConnected():
             return
         log.info(
@@ -229,9 +234,7 @@ class ClusterClient(Cluster):
         )
         self.service._addConnection(self.eventloop, self)
         self.ready.set(self)
-        self._keepalive = LoopingCall(self._ping)
-        self._keepalive.clock = self.service.clock
-        self._keepalive.start(self.service.keepaliveInterval, now=False)
+        self._keepalive = _Keepalive.join(self)
 
     def _ping(self) -> Deferred[None]:
         timeout = self.service.keepaliveTimeout
@@ -285,13 +288,51 @@ class ClusterClient(Cluster):
         """
         if self._deadline is not None:
             self._deadline.done()
-        if self._keepalive is not None and self._keepalive.running:
-            self._keepalive.stop()
+        if self._keepalive is not None:
+            self._keepalive.leave(self)
+            self._keepalive = None
         super().connectionLost(reason)
         if not self.ready.isSet:
             self.ready.fail(reason)
             self.ready.get().addErrback(lambda _: None)
         self.service._removeConnection(self.eventloop, self)
+
+
+class _Keepalive:
+    """Pings every region connection that shares a clock, interval and
+    timeout, with one timer (not one per connection)."""
+
+    _shared: dict[tuple[Any, float, float], _Keepalive] = {}
+
+    def __init__(self, clock: Any, interval: float, timeout: float) -> None:
+        self.key = (clock, interval, timeout)
+        self.conns: set[ClusterClient] = set()
+        self.loop = LoopingCall(self._pingAll)
+        self.loop.clock = clock
+
+    @classmethod
+    def join(cls, conn: ClusterClient) -> _Keepalive:
+        service = conn.service
+        key = (service.clock, service.keepaliveInterval, service.keepaliveTimeout)
+        keepalive = cls._shared.get(key)
+        if keepalive is None:
+            keepalive = cls._shared[key] = cls(*key)
+        keepalive.conns.add(conn)
+        if not keepalive.loop.running:
+            keepalive.loop.start(service.keepaliveInterval, now=False)
+        return keepalive
+
+    def leave(self, conn: ClusterClient) -> None:
+        self.conns.discard(conn)
+        if not self.conns:
+            if self.loop.running:
+                self.loop.stop()
+            if self._shared.get(self.key) is self:
+                del self._shared[self.key]
+
+    def _pingAll(self) -> None:
+        for conn in list(self.conns):
+            conn._ping()
 
 
 class _ClientFactory(Factory):

@@ -164,7 +164,39 @@ class RPCProtocol(amp.AMP):
     :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
         to the peer.
     :ivar refused: how many commands the authentication gate refused.
+    :ivar peerAuthenticated: whether the peer has completed the handshake.
+    :ivar tls: this side's TLS material; when set, TLS is required before
+        anything but ``StartTLS`` is dispatched (see
+        :mod:`provisioningserver.rpc.tls`).
+    :ivar tlsEstablished: whether TLS is up and the peer's certificate has
+        the expected role.
+    :ivar tlsReady: once TLS is wanted, a :class:`DeferredValue` set when TLS
+        is up with the expected peer (``None`` until then).
     """
+
+    # Per-connection state lives in slots: a region holds one connection per
+    # cluster process, and a bigger instance dict costs about 1.5 KiB each.
+    __slots__ = (
+        "onConnectionMade",
+        "onConnectionLost",
+        "limits",
+        "refused",
+        "ident",
+        "peerAuthenticated",
+        "tls",
+        "tlsEstablished",
+        "tlsReady",
+        "_inProgress",
+        "_writePaused",
+        "_unsentWhilePaused",
+        "_dropAfterAnswer",
+        "_fastAsks",
+        "_parsingBox",
+        "_parsingKey",
+        "_boxBytes",
+        "_lost",
+        "_rpcDeadlines",
+    )
 
     #: The largest value AMP can carry.
     maxValueLength = amp.MAX_VALUE_LENGTH
@@ -173,24 +205,9 @@ class RPCProtocol(amp.AMP):
     #: gate (every command is dispatched).
     handshakeCommands: frozenset[bytes] | None = None
 
-    #: Whether the peer has completed the handshake.
-    peerAuthenticated = False
-
-    #: This side's TLS material; when set, TLS is required before anything
-    #: but ``StartTLS`` is dispatched (see :mod:`provisioningserver.rpc.tls`).
-    tls: TLSConfig | None = None
-
     #: Whether this side answers ``StartTLS`` (the region does; the cluster
     #: initiates it).
     answersStartTLS = False
-
-    #: Whether TLS is up and the peer's certificate has the expected role.
-    tlsEstablished = False
-
-    _lost = False
-    _boxBytes = 0
-
-    ident: str | None = None
 
     def __init__(
         self,
@@ -208,10 +225,17 @@ class RPCProtocol(amp.AMP):
         self._writePaused = False
         self._unsentWhilePaused = 0
         self._dropAfterAnswer = False
-        self.tlsReady = DeferredValue()
         self._fastAsks: dict[bytes, CommandSpec] = {}
         self._parsingBox: amp.AmpBox | None = None
         self._parsingKey: bytes | None = None
+        self._boxBytes = 0
+        self._lost = False
+        self._rpcDeadlines: Deadlines | None = None
+        self.ident: str | None = None
+        self.peerAuthenticated = False
+        self.tls: TLSConfig | None = None
+        self.tlsEstablished = False
+        self.tlsReady: DeferredValue | None = None
 
     def connectionMade(self) -> None:
         """Register for back-pressure and fire ``onConnectionMade``."""
@@ -287,14 +311,13 @@ class RPCProtocol(amp.AMP):
                     peer=peerAddress(self),
                     reason=reason.getErrorMessage(),
                 )
-        if not self.tlsReady.isSet:
+        if self.tlsReady is not None and not self.tlsReady.isSet:
             self.tlsReady.fail(reason)
             self.tlsReady.get().addErrback(lambda _: None)
         super().connectionLost(reason)
         self._fastAsks.clear()
-        deadlines = getattr(self, "_rpcDeadlines", None)
-        if deadlines is not None:
-            deadlines.stop()
+        if self._rpcDeadlines is not None:
+            self._rpcDeadlines.stop()
         self.onConnectionLost.callback(None)
 
     def isConnected(self) -> bool:
@@ -780,6 +803,11 @@ class RPCProtocol(amp.AMP):
             "tls_verifyAuthorities": [self.tls.authority],
         }
 
+    def _tlsReady(self) -> DeferredValue:
+        if self.tlsReady is None:
+            self.tlsReady = DeferredValue()
+        return self.tlsReady
+
     def startTLSWithPeer(self) -> Deferred[Any]:
         """Send ``StartTLS`` with this side's certificate and CA.
 
@@ -794,7 +822,7 @@ class RPCProtocol(amp.AMP):
             tls_localCertificate=self.tls.certificate,
             tls_verifyAuthorities=[self.tls.authority],
         )
-        return d.addCallback(lambda _: self.tlsReady.get())
+        return d.addCallback(lambda _: self._tlsReady().get())
 
     def handshakeCompleted(self) -> None:
         """TLS is up (``IHandshakeListener``): check the peer's role."""
@@ -812,8 +840,9 @@ class RPCProtocol(amp.AMP):
             self.abort()
             return
         self.tlsEstablished = True
-        if not self.tlsReady.isSet:
-            self.tlsReady.set(True)
+        ready = self._tlsReady()
+        if not ready.isSet:
+            ready.set(True)
 
     def _dispatched(self, result: Any) -> Any:
         self._inProgress -= 1

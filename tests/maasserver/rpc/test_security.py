@@ -281,7 +281,7 @@ def test_back_pressure_keeps_the_connection_state():
     """Pausing and resuming (the peer stops reading, then reads again)
     changes nothing but reading."""
     proto = RPCProtocol()
-    ready = proto.tlsReady
+    ready = proto._tlsReady()
     proto._dropAfterAnswer = True
     proto.pauseProducing()
     proto.resumeProducing()

@@ -81,8 +81,9 @@ class CommandSpec:
     """A command's precompiled converters.
 
     :ivar command: the command class.
-    :ivar arguments: its arguments as :data:`Field` tuples.
-    :ivar response: its response as :data:`Field` tuples.
+    :ivar arguments: its arguments, as ``(wire name, Python name, to bytes,
+        from bytes, optional)`` tuples.
+    :ivar response: its response, in the same form.
     :ivar names: the Python names of its arguments.
     """
 

@@ -144,7 +144,7 @@ class RPCProtocol(amp.AMP):
       requests is released at once, and the answer, if it ever comes, is
       dropped quietly;
     * when :attr:`handshakeCommands` is set, only those commands are
-      dispatched until :attr:`peerAuthenticated` is true; any other is
+      dispatched until ``peerAuthenticated`` is true; any other is
       refused with the non-fatal error code ``NOT_AUTHENTICATED`` (raised in
       a caller of this package as
       :class:`~provisioningserver.rpc.exceptions.NotAuthenticated`), logged

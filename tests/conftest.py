@@ -25,6 +25,15 @@ def _reactor_state() -> tuple[frozenset[object], frozenset[object], frozenset[ob
     )
 
 
+@pytest.fixture
+def logged():
+    """Capture the log events a test emits (see ``LoggedEvents.lines``)."""
+    from provisioningserver.rpc.testing import capturedLogs
+
+    with capturedLogs() as events:
+        yield events
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _crochet() -> None:
     # Always on, as in a region process, so that whether a test's thread is

@@ -12,15 +12,18 @@ Use them to test your own commands the way this package tests its own:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from provisioningserver.twisted.protocols import amp
 
-__all__ = ["call_responder", "connect_in_memory"]
+__all__ = ["LoggedEvents", "call_responder", "capturedLogs", "connect_in_memory"]
 
 
 def connect_in_memory(
@@ -87,3 +90,29 @@ async def _respond(responder: Any, box: amp.AmpBox) -> Any:
     # An answer box must serialise as it would on the wire.
     amp.AmpBox(result).serialize()
     return result
+
+
+class LoggedEvents(list[dict[str, Any]]):
+    """Log events captured by :func:`capturedLogs`, in order."""
+
+    def lines(self, needle: str) -> list[str]:
+        """Return the formatted events that contain ``needle``.
+
+        :param needle: the text to look for.
+        :return: the matching log lines.
+        """
+        return [text for text in map(formatEvent, self) if needle in text]
+
+
+@contextmanager
+def capturedLogs() -> Iterator[LoggedEvents]:
+    """Capture every :mod:`twisted.logger` event emitted inside the block.
+
+    :return: a context manager giving a :class:`LoggedEvents` list.
+    """
+    events = LoggedEvents()
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)

@@ -4,10 +4,8 @@ memory and driven by an injected clock."""
 from __future__ import annotations
 
 import crochet
-import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from maasserver.rpc.regionservice import RegionServer, RegionService
@@ -26,20 +24,6 @@ SECRET = bytes(range(16))
 OTHER_SECRET = bytes(range(1, 17))
 UUID = "0b9e6a3c-2f2d-4b7e-9f63-2a8f0f4f7a11"
 EVENTLOOP = "region-host:pid=4242"
-
-
-@pytest.fixture
-def logged():
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-
-
-def messages(events, needle):
-    from twisted.logger import formatEvent
-
-    return [formatEvent(e) for e in events if needle in formatEvent(e)]
 
 
 class Mesh:
@@ -110,7 +94,7 @@ def test_cluster_with_wrong_secret_is_dropped_and_logged(logged):
     assert not server.isConnected() and not client.isConnected()
     # The cluster found the region's digest wrong first and hung up; the
     # region says what that means, with the peer's address.
-    lines = messages(logged, "disconnected before completing the handshake")
+    lines = logged.lines("disconnected before completing the handshake")
     assert len(lines) == 1, lines
     assert "shared secret" in lines[0] and UUID in lines[0]
 
@@ -123,7 +107,7 @@ def test_region_with_wrong_secret_is_dropped_by_the_cluster(logged):
     assert mesh.region.connections == {}
     failure = failureResultOf(client.ready.get())
     assert "wrong digest" in str(failure.value)
-    assert messages(logged, "Handshake with region at")
+    assert logged.lines("Handshake with region at")
 
 
 class LyingClusterClient(ClusterClient):
@@ -146,7 +130,7 @@ def test_register_with_mismatched_uuid_is_refused(logged):
     assert "CannotRegisterCluster" in repr(failure.value) or "refused" in str(
         failure.value
     )
-    assert messages(logged, "asked to register as not-")
+    assert logged.lines("asked to register as not-")
     assert not server.isConnected()
 
 
@@ -190,7 +174,7 @@ def test_handshake_timeout_drops_a_silent_cluster(logged):
     pump.flush()
     assert not server.isConnected()
     assert mesh.region.connections == {}
-    assert messages(logged, "did not complete within 30")
+    assert logged.lines("did not complete within 30")
     failureResultOf(client.ready.get())
 
 

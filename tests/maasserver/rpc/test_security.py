@@ -8,7 +8,6 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from maasserver.rpc.regionservice import RegionServer, RegionService, _RegionFactory
@@ -35,18 +34,6 @@ failureResultOf = _sync.failureResultOf
 SECRET = bytes(range(16))
 UUID = "c0ffee00-1234-4abc-8def-0123456789ab"
 EVENTLOOP = "region:pid=1"
-
-
-@pytest.fixture
-def logged():
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-
-
-def lines(events, needle):
-    return [formatEvent(e) for e in events if needle in formatEvent(e)]
 
 
 class Greet(amp.Command):
@@ -106,7 +93,7 @@ def test_region_refuses_commands_before_the_handshake(logged):
     assert "Greet refused" in str(failure.value)
     assert CountingRegion.greeted == 0
     assert server.refused == 1
-    assert lines(logged, "Refused Greet from")
+    assert logged.lines("Refused Greet from")
     # The handshake's own commands are still answered.
     d = peer.callRemote(Authenticate, message=b"\x01" * 16)
     pump.flush()
@@ -156,7 +143,7 @@ def test_unauthenticated_connections_per_address_are_bounded(logged):
     second = factory.buildProtocol(mallory)
     assert first is not None and second is not None
     assert factory.buildProtocol(mallory) is None
-    assert lines(logged, "Refused a connection from 127.0.0.9")
+    assert logged.lines("Refused a connection from 127.0.0.9")
     # Other addresses are unaffected.
     assert factory.buildProtocol(alice) is not None
     # A connection that ends frees its place.
@@ -185,7 +172,7 @@ def test_a_peer_with_too_many_commands_in_progress_is_dropped(logged):
     peer.callRemote(Slow).addErrback(lambda _: None)
     pump.flush()
     assert not server.isConnected()
-    assert lines(logged, "more than 3 commands in progress")
+    assert logged.lines("more than 3 commands in progress")
 
 
 def test_a_peer_that_does_not_read_is_dropped(logged):
@@ -199,7 +186,7 @@ def test_a_peer_that_does_not_read_is_dropped(logged):
     with pytest.raises(ConnectionError):
         for _ in range(100):
             server.sendBox(amp.AmpBox({b"_command": b"x", b"v": b"x" * 5000}))
-    assert lines(logged, "left more than 100000 bytes unread")
+    assert logged.lines("left more than 100000 bytes unread")
     pump.flush()
     assert not server.isConnected()
 
@@ -246,7 +233,7 @@ def test_reflected_or_relayed_challenges_are_refused(logged, role, make_peer):
     d = attacker.callRemote(Authenticate, message=relayed)
     pump.flush()
     failureResultOf(d, amp.UnknownRemoteError)
-    assert lines(logged, "sent a challenge issued by our own side")
+    assert logged.lines("sent a challenge issued by our own side")
     assert not target.isConnected()
 
 
@@ -272,7 +259,7 @@ def test_a_recorded_answer_does_not_authenticate_a_new_connection(logged):
     pump = connect_in_memory(server, replayer, clock=clock)
     pump.flush()
     assert successResultOf(server.authenticated.get()) is False
-    assert lines(logged, "Authentication of cluster")
+    assert logged.lines("Authentication of cluster")
     assert service.connections == {}
     assert not server.isConnected()
 

@@ -9,7 +9,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 
 from maasserver.rpc.regionservice import RegionServer, RegionService
 from provisioningserver.rpc.clusterservice import (
@@ -23,14 +23,6 @@ from provisioningserver.rpc.testing import connect_in_memory
 SECRET = bytes(range(16))
 UUID = "7f1d2c3b-4a59-4e68-9d7c-6b5a4f3e2d1c"
 URL = "http://region.example/MAAS"
-
-
-@pytest.fixture
-def logged():
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 class FakeRegion:

@@ -13,7 +13,6 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -78,15 +77,6 @@ class CheesyProtocol(RPCProtocol):
         d: defer.Deferred = defer.Deferred()
         self.slow.append(d)
         return d
-
-
-@pytest.fixture
-def logged():
-    """Collect log events emitted during the test."""
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def make_pair(clock=None):

@@ -8,10 +8,8 @@ import random
 import statistics
 from pathlib import Path
 
-import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
 
 from maasserver.rpc.regionservice import RegionServer, RegionService
 from provisioningserver.rpc.clusterservice import (
@@ -31,18 +29,6 @@ FakeRegion = _cs.FakeRegion
 
 SECRET = bytes(range(16))
 UUID = _cs.UUID
-
-
-@pytest.fixture
-def logged():
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-
-
-def lines(events, needle):
-    return [formatEvent(e) for e in events if needle in formatEvent(e)]
 
 
 def service_for(clock, region, randomness=lambda: 0.5, **kwargs):
@@ -149,7 +135,7 @@ def test_uses_the_last_known_event_loops_when_discovery_fails(logged):
     conn.transport.loseConnection()
     region.flush()
     assert set(service.connections) == {"host:pid=1"}
-    assert lines(logged, "did not answer usefully")
+    assert logged.lines("did not answer usefully")
     assert region.attempts == [("127.0.0.1", 5250)] * 2
 
 
@@ -197,7 +183,7 @@ def test_keepalive_drops_a_connection_that_stops_answering(logged):
     pump.flush()
     assert not client.isConnected()
     assert cluster.connections == {}
-    assert lines(logged, "did not answer a keepalive within 10")
+    assert logged.lines("did not answer a keepalive within 10")
 
 
 def test_keepalive_accepts_an_older_region_without_ping():
@@ -239,5 +225,5 @@ def test_the_region_drops_connections_it_hears_nothing_from(logged):
     clock.advance(60)  # 120 s without a byte from the cluster.
     pump.flush()
     assert not server.isConnected()
-    assert lines(logged, "Heard nothing from cluster")
+    assert logged.lines("Heard nothing from cluster")
     sweeper.stop()

@@ -33,7 +33,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from provisioningserver.rpc.common import Client, RPCProtocol, peerAddress
+from provisioningserver.rpc.common import Client, RPCProtocol, peerAddress, shorten
 from provisioningserver.rpc.exceptions import (
     AuthenticationFailed,
     CannotRegisterCluster,
@@ -294,8 +294,8 @@ class RegionServer(Region):
                 "Cluster at {peer} identified itself as {ident} but asked to "
                 "register as {uuid}; refusing.",
                 peer=peerAddress(self),
-                ident=self.ident,
-                uuid=uuid,
+                ident=shorten(str(self.ident).encode("utf-8")),
+                uuid=shorten(uuid.encode("utf-8")),
             )
             # Dropped once the refusal has been sent.
             self._failureLogged = True

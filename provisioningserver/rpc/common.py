@@ -46,6 +46,7 @@ __all__ = [
     "Authenticate",
     "Client",
     "callWithFallback",
+    "shorten",
     "Identify",
     "RPCProtocol",
     "peerAddress",
@@ -104,6 +105,20 @@ def _anyLarge(box: dict[bytes, bytes]) -> bool:
         if len(value) > CHUNK_BYTES:
             return True
     return False
+
+
+def shorten(value: bytes, limit: int = 64) -> str:
+    """Render a peer-supplied byte string for a log line, bounded.
+
+    :param value: bytes from the peer.
+    :param limit: the most bytes shown.
+    :return: printable text, cut with an ellipsis and the full length when
+        longer than ``limit``.
+    """
+    text = value[:limit].decode("ascii", "backslashreplace")
+    if len(value) > limit:
+        return f"{text}... ({len(value)} bytes)"
+    return text
 
 
 def _hostname() -> str:
@@ -496,7 +511,19 @@ class RPCProtocol(amp.AMP):
             if key[-2:] == b".2":
                 joinChunks(box)
                 break
-        super().ampBoxReceived(box)
+        if amp.ANSWER in box or amp.ERROR in box or amp.COMMAND in box:
+            super().ampBoxReceived(box)
+            return
+        # Stock AMP raises here, and Twisted logs the whole box: a peer could
+        # then write a megabyte of log per box. Say it briefly, and drop it.
+        log.warn(
+            "Peer {peer} sent a box with no command, answer or error (keys "
+            "{keys}); dropping the connection.",
+            peer=peerAddress(self),
+            keys=", ".join(shorten(key, 32) for key in list(box)[:8]),
+        )
+        self._lost = True
+        self.abort()
 
     # The common path, faster than stock AMP for plain commands (see
     # provisioningserver.rpc.codec); the bytes on the wire are the same.
@@ -544,6 +571,11 @@ class RPCProtocol(amp.AMP):
         self._fastAsks.pop(tag, None)
 
     def _commandReceived(self, box: amp.AmpBox) -> None:
+        if amp.ASK not in box:
+            # No answer wanted: a failure has nobody to go to. Stock AMP drops
+            # the connection; here it is logged and the connection stays.
+            self.dispatchCommand(box).addErrback(self._unansweredFailed, box)
+            return
         entry = self._fastResponder(box[amp.COMMAND])
         if (
             entry is None
@@ -571,6 +603,15 @@ class RPCProtocol(amp.AMP):
             return
         self._inProgress -= 1
         self._answer(result, spec, box)
+
+    def _unansweredFailed(self, failure: Failure, box: amp.AmpBox) -> None:
+        log.warn(
+            "Command {command} from {peer}, sent without wanting an answer, "
+            "failed: {error}",
+            command=shorten(box.get(amp.COMMAND, b"?")),
+            peer=peerAddress(self),
+            error=shorten(failure.getErrorMessage().encode("utf-8", "replace"), 200),
+        )
 
     def _fastResponder(self, name: bytes) -> tuple[CommandSpec, Any] | None:
         cls = type(self)
@@ -711,8 +752,9 @@ class RPCProtocol(amp.AMP):
             self._dropStrayAnswer(box, tag)
             return
         spec = self._fastAsks.pop(tag, None)
-        errorCode = box[amp.ERROR_CODE]
-        description = box[amp.ERROR_DESCRIPTION].decode("utf-8", "replace")
+        # A malformed error answer still fails the call it answers.
+        errorCode = box.get(amp.ERROR_CODE, amp.UNKNOWN_ERROR_CODE)
+        description = box.get(amp.ERROR_DESCRIPTION, b"").decode("utf-8", "replace")
         if spec is not None and errorCode not in (
             NOT_AUTHENTICATED,
             amp.UNHANDLED_ERROR_CODE,
@@ -736,11 +778,11 @@ class RPCProtocol(amp.AMP):
 
     def _dropStrayAnswer(self, box: amp.AmpBox, tag: bytes) -> None:
         if self._isStaleTag(tag):
-            log.debug("Dropped a late answer to abandoned ask {tag!r}.", tag=tag)
+            log.debug("Dropped a late answer to abandoned ask {tag}.", tag=shorten(tag))
         else:
             log.warn(
-                "Dropped an answer to ask {tag!r}, which was never sent, from {peer}.",
-                tag=tag,
+                "Dropped an answer to ask {tag}, which was never sent, from {peer}.",
+                tag=shorten(tag),
                 peer=peerAddress(self),
             )
 
@@ -850,7 +892,7 @@ class RPCProtocol(amp.AMP):
 
     def _refuse(self, command: bytes) -> Deferred[amp.AmpBox]:
         self.refused += 1
-        name = command.decode("ascii", "replace")
+        name = shorten(command)
         log.warn(
             "Refused {command} from {peer}: the peer has not completed the handshake.",
             command=name,
@@ -867,8 +909,8 @@ class RPCProtocol(amp.AMP):
     def _undeclaredError(self, failure: Failure, box: amp.AmpBox) -> Failure:
         if failure.check(amp.RemoteAmpError):
             return failure
-        command = box.get(amp.COMMAND, b"?").decode("ascii", "replace")
-        ask = box.get(amp.ASK, b"-").decode("ascii", "replace")
+        command = shorten(box.get(amp.COMMAND, b"?"))
+        ask = shorten(box.get(amp.ASK, b"-"))
         reference = f"{_hostname()}:pid={os.getpid()}:cmd={command}:ask={ask}"
         log.failure(
             "Unhandled failure in responder for {command} from {peer}; "

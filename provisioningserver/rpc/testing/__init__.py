@@ -111,8 +111,8 @@ def capturedLogs() -> Iterator[LoggedEvents]:
     :return: a context manager giving a :class:`LoggedEvents` list.
     """
     events = LoggedEvents()
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
     try:
         yield events
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(events.append)  # type: ignore[arg-type]

@@ -46,7 +46,7 @@ from provisioningserver.rpc.handshake import (
     answerChallenge,
     challengePeer,
 )
-from provisioningserver.rpc.limits import Limits
+from provisioningserver.rpc.limits import DEFAULT_LIMITS, Limits
 from provisioningserver.rpc.region import Authenticate, Identify, Ping, Register
 from provisioningserver.rpc.tls import TLSConfig
 from provisioningserver.twisted.protocols import amp
@@ -421,7 +421,7 @@ class RegionService(Service):
         self.tls = tls
         self.idleTimeout = idleTimeout
         self._sweeper: Any = None
-        self.limits = limits if limits is not None else Limits()
+        self.limits = limits if limits is not None else DEFAULT_LIMITS
         self._unauthenticated: Counter[str] = Counter()
         self._eventloop = eventloop
         self.ports = list(ports)

@@ -41,7 +41,7 @@ from provisioningserver.rpc.handshake import (
     answerChallenge,
     challengePeer,
 )
-from provisioningserver.rpc.limits import Limits
+from provisioningserver.rpc.limits import DEFAULT_LIMITS, Limits
 from provisioningserver.rpc.region import Ping, Register
 from provisioningserver.rpc.tls import TLSConfig
 from provisioningserver.twisted.protocols import amp
@@ -427,7 +427,7 @@ class ClusterClientService(Service):
     ) -> None:
         self.maasURL = maasURL.rstrip("/")
         self.tls = tls
-        self.limits = limits if limits is not None else Limits()
+        self.limits = limits if limits is not None else DEFAULT_LIMITS
         self.secret = secret
         self.uuid = uuid
         self.protocol = protocol
@@ -439,7 +439,7 @@ class ClusterClientService(Service):
         self._connect = connect or self._connectTCP
         self.connections: dict[str, ClusterClient] = {}
         self.connecting: dict[str, Deferred[Any]] = {}
-        self.handshaking: set[ClusterClient] = set()
+        self.handshaking: dict[ClusterClient, None] = {}
         self.eventloops: dict[str, Endpoints] = {}
         self.interval = self.intervals[0]
         self._call: Any = None
@@ -648,14 +648,14 @@ class ClusterClientService(Service):
             except Exception as error:  # noqa: BLE001 - try the next address
                 errors.append(f"{host}:{port}: {error}")
                 continue
-            self.handshaking.add(proto)
+            self.handshaking[proto] = None
             try:
                 return await proto.ready.get()
             except defer.CancelledError:
                 proto.abort()  # Stopped mid-handshake: leave nothing open.
                 raise
             finally:
-                self.handshaking.discard(proto)
+                self.handshaking.pop(proto, None)
         raise ConnectionError("; ".join(errors) or "no endpoints advertised")
 
     def _connectTCP(self, host: str, port: int, factory: Factory) -> Deferred[Any]:

@@ -34,7 +34,7 @@ from provisioningserver.rpc.exceptions import (
     NotAuthenticated,
 )
 from provisioningserver.rpc.interfaces import IConnection
-from provisioningserver.rpc.limits import Limits
+from provisioningserver.rpc.limits import DEFAULT_LIMITS, Limits
 from provisioningserver.rpc.tls import TLSConfig, certificateRole
 from provisioningserver.twisted.protocols import amp
 from provisioningserver.utils.twisted import DeferredValue, asynchronous
@@ -98,6 +98,14 @@ class Authenticate(amp.Command):
 #: Per protocol class: command name -> (spec, responder function) for the
 #: responders that take the fast path.
 _fastResponders: dict[type, dict[bytes, tuple[CommandSpec, Any]]] = {}
+
+
+class _Ask(Deferred):
+    """The Deferred of a call sent on the fast path; it knows how to decode
+    its answer."""
+
+    __slots__ = ("spec",)
+    spec: CommandSpec
 
 
 def _anyLarge(box: dict[bytes, bytes]) -> bool:
@@ -205,7 +213,6 @@ class RPCProtocol(amp.AMP):
         "_writePaused",
         "_unsentWhilePaused",
         "_dropAfterAnswer",
-        "_fastAsks",
         "_parsingBox",
         "_parsingKey",
         "_boxBytes",
@@ -234,13 +241,12 @@ class RPCProtocol(amp.AMP):
         super().__init__(boxReceiver=boxReceiver, locator=locator)
         self.onConnectionMade: Deferred[None] = Deferred()
         self.onConnectionLost: Deferred[None] = Deferred()
-        self.limits = limits if limits is not None else Limits()
+        self.limits = limits if limits is not None else DEFAULT_LIMITS
         self.refused = 0
         self._inProgress = 0
         self._writePaused = False
         self._unsentWhilePaused = 0
         self._dropAfterAnswer = False
-        self._fastAsks: dict[bytes, CommandSpec] = {}
         self._parsingBox: amp.AmpBox | None = None
         self._parsingKey: bytes | None = None
         self._boxBytes = 0
@@ -330,7 +336,6 @@ class RPCProtocol(amp.AMP):
             self.tlsReady.fail(reason)
             self.tlsReady.get().addErrback(lambda _: None)
         super().connectionLost(reason)
-        self._fastAsks.clear()
         if self._rpcDeadlines is not None:
             self._rpcDeadlines.stop()
         self.onConnectionLost.callback(None)
@@ -560,15 +565,14 @@ class RPCProtocol(amp.AMP):
         args[amp.COMMAND] = name
         args[amp.ASK] = tag
         self.transport.write(serializeBox(args))  # type: ignore[union-attr]
-        d: Deferred[dict[str, Any]] = Deferred(partial(self._forgetAsk, tag))
+        d = _Ask(partial(self._forgetAsk, tag))
+        d.spec = spec
         self._outstandingRequests[tag] = d  # type: ignore[index]
-        self._fastAsks[tag] = spec
         return d
 
     def _forgetAsk(self, tag: bytes, d: Deferred[Any]) -> None:
         if self._outstandingRequests is not None:
             self._outstandingRequests.pop(tag, None)
-        self._fastAsks.pop(tag, None)
 
     def _commandReceived(self, box: amp.AmpBox) -> None:
         if amp.ASK not in box:
@@ -731,16 +735,16 @@ class RPCProtocol(amp.AMP):
         if question is None:
             self._dropStrayAnswer(box, tag)
             return
-        spec = self._fastAsks.pop(tag, None)
-        if spec is None:
+        if type(question) is not _Ask:
             question.callback(box)  # Stock AMP's chain parses it.
             return
+        spec = question.spec
         try:
             response = spec.decodeResponse(box)
         except Exception:  # noqa: BLE001 - a malformed answer fails the call
             question.errback(Failure())
             return
-        question.callback(response)  # type: ignore[arg-type]
+        question.callback(response)
 
     def _errorReceived(self, box: amp.AmpBox) -> None:
         # Unlike stock AMP, an error answer that the caller leaves unhandled
@@ -751,7 +755,7 @@ class RPCProtocol(amp.AMP):
         if question is None:
             self._dropStrayAnswer(box, tag)
             return
-        spec = self._fastAsks.pop(tag, None)
+        spec = question.spec if type(question) is _Ask else None
         # A malformed error answer still fails the call it answers.
         errorCode = box.get(amp.ERROR_CODE, amp.UNKNOWN_ERROR_CODE)
         description = box.get(amp.ERROR_DESCRIPTION, b"").decode("utf-8", "replace")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from provisioningserver.config import env_int
 
-__all__ = ["Limits"]
+__all__ = ["DEFAULT_LIMITS", "Limits"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +89,7 @@ class Limits:
                 env, "MAAS_RPC_MAX_BOX", 32 * 1024 * 1024, minimum=65535
             ),
         )
+
+
+#: The limits a connection applies when it is given none.
+DEFAULT_LIMITS = Limits()

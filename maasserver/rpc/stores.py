@@ -283,8 +283,85 @@ _SCHEMA = (
 )
 
 
+class _ThreadedStore:
+    """What the SQLite and PostgreSQL stores share: checking arguments in the
+    reactor thread, then doing the blocking work in the reactor's thread
+    pool (``_advertise``, ``_withdraw``, ``_expire`` and ``_eventloops``,
+    which subclasses provide). The Deferreds may also fail with the
+    database's own errors.
+
+    :ivar reactor: the reactor whose thread pool runs the work; the global
+        reactor when ``None``.
+    """
+
+    reactor: Any = None
+
+    def _defer(self, func: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        return deferToThreadPool(reactor, reactor.getThreadPool(), func, *args)
+
+    def _advertise(self, name: str, endpoints: list[Endpoint]) -> None:
+        raise NotImplementedError
+
+    def _withdraw(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _expire(self, max_age: float) -> int:
+        raise NotImplementedError
+
+    def _eventloops(self) -> dict[str, list[Endpoint]]:
+        raise NotImplementedError
+
+    def advertise(self, name: str, endpoints: Iterable[Endpoint]) -> Deferred[None]:
+        """See :meth:`IAdvertisementStore.advertise`.
+
+        :param name: the event-loop's name.
+        :param endpoints: its ``(address, port)`` pairs.
+        :return: a Deferred.
+        """
+        try:
+            name = _checkName(name)
+            checked = _checkEndpoints(endpoints)
+        except (TypeError, ValueError):
+            return defer.fail()
+        return self._defer(self._advertise, name, checked)
+
+    def withdraw(self, name: str) -> Deferred[None]:
+        """See :meth:`IAdvertisementStore.withdraw`.
+
+        :param name: the event-loop's name.
+        :return: a Deferred.
+        """
+        try:
+            name = _checkName(name)
+        except TypeError:
+            return defer.fail()
+        return self._defer(self._withdraw, name)
+
+    def expire(self, max_age: float) -> Deferred[int]:
+        """See :meth:`IAdvertisementStore.expire`.
+
+        :param max_age: the age in seconds beyond which a record is stale.
+        :return: a Deferred with the number of records deleted.
+        """
+        try:
+            max_age = _checkMaxAge(max_age)
+        except ValueError:
+            return defer.fail()
+        return self._defer(self._expire, max_age)
+
+    def eventloops(self) -> Deferred[dict[str, list[Endpoint]]]:
+        """See :meth:`IAdvertisementStore.eventloops`.
+
+        :return: a Deferred with name -> endpoints.
+        """
+        return self._defer(self._eventloops)
+
+
 @implementer(IAdvertisementStore)
-class SQLiteAdvertisementStore:
+class SQLiteAdvertisementStore(_ThreadedStore):
     """An :class:`IAdvertisementStore` in an SQLite file.
 
     Several processes on one host may use the same file at once. Each
@@ -324,12 +401,6 @@ class SQLiteAdvertisementStore:
         self._now = _nowSQL()
         self._ready = False
         self._readyLock = threading.Lock()
-
-    def _defer(self, func: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        reactor = self.reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        return deferToThreadPool(reactor, reactor.getThreadPool(), func, *args)
 
     # Everything below until the public methods runs in a pool thread.
 
@@ -452,57 +523,6 @@ class SQLiteAdvertisementStore:
 
         return self._run(False, work)
 
-    # The public methods, called in the reactor thread.
-
-    def advertise(self, name: str, endpoints: Iterable[Endpoint]) -> Deferred[None]:
-        """See :meth:`IAdvertisementStore.advertise`.
-
-        :param name: the event-loop's name.
-        :param endpoints: its ``(address, port)`` pairs.
-        :return: a Deferred, which may also fail with
-            ``sqlite3.Error`` or ``OSError``.
-        """
-        try:
-            name = _checkName(name)
-            checked = _checkEndpoints(endpoints)
-        except (TypeError, ValueError):
-            return defer.fail()
-        return self._defer(self._advertise, name, checked)
-
-    def withdraw(self, name: str) -> Deferred[None]:
-        """See :meth:`IAdvertisementStore.withdraw`.
-
-        :param name: the event-loop's name.
-        :return: a Deferred, which may also fail with
-            ``sqlite3.Error`` or ``OSError``.
-        """
-        try:
-            name = _checkName(name)
-        except TypeError:
-            return defer.fail()
-        return self._defer(self._withdraw, name)
-
-    def expire(self, max_age: float) -> Deferred[int]:
-        """See :meth:`IAdvertisementStore.expire`.
-
-        :param max_age: the age in seconds beyond which a record is stale.
-        :return: a Deferred, which may also fail with
-            ``sqlite3.Error`` or ``OSError``.
-        """
-        try:
-            max_age = _checkMaxAge(max_age)
-        except ValueError:
-            return defer.fail()
-        return self._defer(self._expire, max_age)
-
-    def eventloops(self) -> Deferred[dict[str, list[Endpoint]]]:
-        """See :meth:`IAdvertisementStore.eventloops`.
-
-        :return: a Deferred, which may also fail with
-            ``sqlite3.Error`` or ``OSError``.
-        """
-        return self._defer(self._eventloops)
-
 
 #: The key of the PostgreSQL advisory lock under which every
 #: :class:`PostgreSQLAdvertisementStore` creates its schema and table: the
@@ -511,7 +531,7 @@ _CREATE_LOCK = 0x6D6161735F727063
 
 
 @implementer(IAdvertisementStore)
-class PostgreSQLAdvertisementStore:
+class PostgreSQLAdvertisementStore(_ThreadedStore):
     """An :class:`IAdvertisementStore` in a PostgreSQL database.
 
     Event-loop processes on many hosts may share the database. Each
@@ -580,12 +600,6 @@ class PostgreSQLAdvertisementStore:
         self._tableSQL = sql.Identifier(schema, table)
         self._connection: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
-
-    def _defer(self, func: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        reactor = self.reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        return deferToThreadPool(reactor, reactor.getThreadPool(), func, *args)
 
     def _sql(self, statement: str) -> Any:
         """Compose ``statement``, with ``{table}`` and ``{schema}`` quoted."""
@@ -767,53 +781,6 @@ class PostgreSQLAdvertisementStore:
     def _close(self) -> None:
         with self._lock:
             self._discard()
-
-    # The public methods, called in the reactor thread.
-
-    def advertise(self, name: str, endpoints: Iterable[Endpoint]) -> Deferred[None]:
-        """See :meth:`IAdvertisementStore.advertise`.
-
-        :param name: the event-loop's name.
-        :param endpoints: its ``(address, port)`` pairs.
-        :return: a Deferred, which may also fail with ``psycopg.Error``.
-        """
-        try:
-            name = _checkName(name)
-            checked = _checkEndpoints(endpoints)
-        except (TypeError, ValueError):
-            return defer.fail()
-        return self._defer(self._advertise, name, checked)
-
-    def withdraw(self, name: str) -> Deferred[None]:
-        """See :meth:`IAdvertisementStore.withdraw`.
-
-        :param name: the event-loop's name.
-        :return: a Deferred, which may also fail with ``psycopg.Error``.
-        """
-        try:
-            name = _checkName(name)
-        except TypeError:
-            return defer.fail()
-        return self._defer(self._withdraw, name)
-
-    def expire(self, max_age: float) -> Deferred[int]:
-        """See :meth:`IAdvertisementStore.expire`.
-
-        :param max_age: the age in seconds beyond which a record is stale.
-        :return: a Deferred, which may also fail with ``psycopg.Error``.
-        """
-        try:
-            max_age = _checkMaxAge(max_age)
-        except ValueError:
-            return defer.fail()
-        return self._defer(self._expire, max_age)
-
-    def eventloops(self) -> Deferred[dict[str, list[Endpoint]]]:
-        """See :meth:`IAdvertisementStore.eventloops`.
-
-        :return: a Deferred, which may also fail with ``psycopg.Error``.
-        """
-        return self._defer(self._eventloops)
 
     def close(self) -> Deferred[None]:
         """Close the store's connection, once the operation using it ends.

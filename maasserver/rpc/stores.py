@@ -43,6 +43,7 @@ __all__ = [
     "MemoryAdvertisementStore",
     "PostgreSQLAdvertisementStore",
     "SQLiteAdvertisementStore",
+    "ThreadedAdvertisementStore",
 ]
 
 _T = TypeVar("_T")
@@ -283,12 +284,13 @@ _SCHEMA = (
 )
 
 
-class _ThreadedStore:
-    """What the SQLite and PostgreSQL stores share: checking arguments in the
-    reactor thread, then doing the blocking work in the reactor's thread
-    pool (``_advertise``, ``_withdraw``, ``_expire`` and ``_eventloops``,
-    which subclasses provide). The Deferreds may also fail with the
-    database's own errors.
+class ThreadedAdvertisementStore:
+    """Base of the stores whose database calls block (SQLite, PostgreSQL).
+
+    Arguments are checked in the reactor thread; the blocking work runs in
+    the reactor's thread pool (``_advertise``, ``_withdraw``, ``_expire`` and
+    ``_eventloops``, which subclasses provide). The Deferreds may also fail
+    with the database's own errors.
 
     :ivar reactor: the reactor whose thread pool runs the work; the global
         reactor when ``None``.
@@ -361,7 +363,7 @@ class _ThreadedStore:
 
 
 @implementer(IAdvertisementStore)
-class SQLiteAdvertisementStore(_ThreadedStore):
+class SQLiteAdvertisementStore(ThreadedAdvertisementStore):
     """An :class:`IAdvertisementStore` in an SQLite file.
 
     Several processes on one host may use the same file at once. Each
@@ -531,7 +533,7 @@ _CREATE_LOCK = 0x6D6161735F727063
 
 
 @implementer(IAdvertisementStore)
-class PostgreSQLAdvertisementStore(_ThreadedStore):
+class PostgreSQLAdvertisementStore(ThreadedAdvertisementStore):
     """An :class:`IAdvertisementStore` in a PostgreSQL database.
 
     Event-loop processes on many hosts may share the database. Each

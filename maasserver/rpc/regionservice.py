@@ -743,7 +743,8 @@ class RegionAdvertisingService(TimerService):
         return d
 
     def stopService(self) -> Deferred[None]:
-        """Stop refreshing, and remove this event-loop's records.
+        """Stop refreshing, remove this event-loop's records, and release the
+        store's connection if it keeps one.
 
         :return: a Deferred that fires once removed.
         """
@@ -756,4 +757,10 @@ class RegionAdvertisingService(TimerService):
                 name=self.rpc.eventloop,
             )
         )
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            d.addCallback(lambda _: close())
+            d.addErrback(
+                lambda failure: log.failure("Could not close the store.", failure)
+            )
         return d

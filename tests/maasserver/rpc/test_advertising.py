@@ -127,3 +127,21 @@ def test_discovery_lists_event_loops(reactor_thread, path):
     # Nothing else is served.
     assert results["/MAAS/rpc/other"][0] == 404
     assert results["/MAAS/"][0] == 404
+
+
+def test_stopping_releases_a_store_that_keeps_a_connection():
+    clock = Clock()
+
+    class ClosingStore(MemoryAdvertisementStore):
+        closed = 0
+
+        def close(self):
+            ClosingStore.closed += 1
+            return defer.succeed(None)
+
+    store = ClosingStore(clock)
+    service = RegionAdvertisingService(store, ListeningRPC(5250), clock=clock)
+    service.startService()
+    successResultOf(service.stopService())
+    assert ClosingStore.closed == 1
+    assert successResultOf(store.eventloops()) == {}

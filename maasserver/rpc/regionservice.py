@@ -748,6 +748,9 @@ class RegionAdvertisingService(TimerService):
 
         :return: a Deferred that fires once removed.
         """
+        if not self.running:
+            # Never started (another service failed to start first).
+            return defer.succeed(None)
         d = defer.maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.store.withdraw(self.rpc.eventloop))
         d.addErrback(

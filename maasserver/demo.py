@@ -21,9 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +36,6 @@ CHEESES = [
 
 def _say(message: str) -> None:
     print(message, flush=True)
-
-
-def _waitUntil(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
-) -> Any:
-    """Poll ``condition`` until it returns something true, for at most
-    ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    wake = threading.Event()
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"gave up after {timeout} seconds waiting for {what}")
-        wake.wait(interval)
 
 
 def _alive(pid: int) -> bool:
@@ -126,6 +107,7 @@ def _demo(
     from provisioningserver.rpc import getRegionClient
     from provisioningserver.rpc.cluster import EatCheez
     from provisioningserver.rpc.common import Identify
+    from provisioningserver.rpc.testing import waitFor
     from provisioningserver.security import get_or_create_shared_secret
 
     regionDir = workdir / "region"
@@ -164,10 +146,11 @@ def _demo(
         stderr=quiet,
     )
     children.append(worker)
-    _waitUntil(
+    waitFor(
         lambda: len(meshConnections(config.status_dir)) == 2,
-        timeout,
         "the second event-loop",
+        timeout=timeout,
+        interval=0.1,
     )
     reserved.close()
     _say(f"  event-loop pid={worker.pid} started (a worker process)")
@@ -224,7 +207,7 @@ def _demo(
             shown = k
         return k == expected
 
-    _waitUntil(meshFormed, timeout, "the mesh to form")
+    waitFor(meshFormed, "the mesh to form", timeout=timeout, interval=0.1)
     _say("mesh formed: every event-loop is connected to every cluster")
 
     # Region -> clusters, from this (non-reactor) thread.

@@ -220,9 +220,6 @@ class RPCProtocol(amp.AMP):
         "_rpcDeadlines",
     )
 
-    #: The largest value AMP can carry.
-    maxValueLength = amp.MAX_VALUE_LENGTH
-
     #: Commands dispatched before the peer is authenticated; ``None`` for no
     #: gate (every command is dispatched).
     handshakeCommands: frozenset[bytes] | None = None
@@ -401,10 +398,7 @@ class RPCProtocol(amp.AMP):
                 raise ArgumentTooLarge(command, key, len(value), limit)
 
     def _split(self, box: amp.AmpBox) -> amp.AmpBox:
-        for value in box.values():
-            if len(value) > CHUNK_BYTES:
-                break
-        else:
+        if not _anyLarge(box):
             return box  # The common case: everything fits, as stock AMP.
         self._checkValueSizes(box.get(amp.COMMAND, b"answer"), box)
         return splitLargeValues(box)

@@ -12,7 +12,9 @@ Use them to test your own commands the way this package tests its own:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,7 +25,14 @@ from twisted.test import iosim
 
 from provisioningserver.twisted.protocols import amp
 
-__all__ = ["LoggedEvents", "call_responder", "capturedLogs", "connect_in_memory"]
+__all__ = [
+    "LoggedEvents",
+    "WaitTimedOut",
+    "call_responder",
+    "capturedLogs",
+    "connect_in_memory",
+    "waitFor",
+]
 
 
 def connect_in_memory(
@@ -116,3 +125,43 @@ def capturedLogs() -> Iterator[LoggedEvents]:
         yield events
     finally:
         globalLogPublisher.removeObserver(events.append)  # type: ignore[arg-type]
+
+
+class WaitTimedOut(AssertionError, TimeoutError):
+    """:func:`waitFor` gave up: an assertion failure in a test, a
+    :class:`TimeoutError` elsewhere."""
+
+
+def waitFor(
+    condition: Callable[[], Any],
+    what: str = "a condition",
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    check: Callable[[], None] | None = None,
+) -> Any:
+    """Poll ``condition`` until it returns something true; return that.
+
+    For waiting on another process's state (a file it writes, a port it
+    opens) from a thread that is not the reactor's: the wait is bounded and
+    never a bare sleep.
+
+    :param condition: called every ``interval`` seconds.
+    :param what: what is waited for, for the error message.
+    :param timeout: seconds to wait at most.
+    :param interval: seconds between polls.
+    :param check: called before each poll; it raises to give up early (say,
+        when the process waited on has died).
+    :return: the first true value ``condition`` returned.
+    :raises WaitTimedOut: at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        if check is not None:
+            check()
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise WaitTimedOut(f"gave up after {timeout} seconds waiting for {what}")
+        pause.wait(interval)

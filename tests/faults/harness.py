@@ -35,6 +35,7 @@ from typing import Any
 import maasserver
 import provisioningserver
 from maasserver.cli import reservePort
+from provisioningserver.rpc.testing import waitFor
 from provisioningserver.security import get_or_create_shared_secret
 
 __all__ = [
@@ -58,35 +59,6 @@ EXT = HERE / "ext"
 
 #: Generous bound, in seconds, on every wait for something to happen.
 BOUND = 30.0
-
-
-def waitFor(
-    condition: Callable[[], Any],
-    what: str,
-    timeout: float = BOUND,
-    interval: float = 0.02,
-    check: Callable[[], None] | None = None,
-) -> Any:
-    """Poll ``condition`` until it returns something true; return that.
-
-    :param condition: called every ``interval`` seconds.
-    :param what: what is waited for, for the error.
-    :param timeout: seconds to wait at most.
-    :param interval: seconds between polls.
-    :param check: called before each poll; raises to give up early.
-    :raises AssertionError: at the deadline.
-    """
-    wake = threading.Event()
-    deadline = time.monotonic() + timeout
-    while True:
-        if check is not None:
-            check()
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"gave up after {timeout} seconds waiting for {what}")
-        wake.wait(interval)
 
 
 def childEnv(**settings: str) -> dict[str, str]:

@@ -63,6 +63,7 @@ from maasserver.cli import reservePort
 from provisioningserver.cheese import rate_cheese
 from provisioningserver.rpc.exceptions import NoSuchCheese
 from provisioningserver.rpc.handshake import CLUSTER, REGION, makeChallenge
+from provisioningserver.rpc.testing import waitFor
 from provisioningserver.security import get_or_create_shared_secret, read_shared_secret
 
 HERE = Path(__file__).resolve().parent
@@ -135,21 +136,6 @@ def cases(target: str) -> int:
 
 
 # Processes.
-
-
-def wait_until(
-    condition: Callable[[], Any], what: str, timeout: float = BOUND, interval=0.05
-) -> Any:
-    """Poll ``condition`` until it returns something true; fail after
-    ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        pause.wait(interval)
 
 
 def process_env(**settings: object) -> dict[str, str]:
@@ -267,7 +253,7 @@ class Target:
         self._quiesce()
         limit = self.baseline.fds + FD_MARGIN
         try:
-            wait_until(
+            waitFor(
                 lambda: open_fds(self.proc.pid) <= limit,
                 f"the {self.name}'s open files to settle",
                 timeout=10,
@@ -334,10 +320,10 @@ class LiveRegion:
         )
         stack.callback(stop, self.proc)
         self.status_path = self.data / "status" / f"{self.proc.pid}.json"
-        status = wait_until(self._status, "the region's status file")
+        status = waitFor(self._status, "the region's status file")
         self.port = int(status["port"])
         self.name = status["eventloop"]
-        wait_until(self._advertised, "the region to advertise itself")
+        waitFor(self._advertised, "the region to advertise itself")
         reserved.close()  # The region has bound the discovery port.
 
         self.cluster_log = work / "cluster.log"
@@ -357,7 +343,7 @@ class LiveRegion:
             self.cluster_log,
         )
         stack.callback(stop, self.cluster)
-        wait_until(
+        waitFor(
             lambda: REAL_CLUSTER_UUID in (self._status() or {}).get("clusters", []),
             "the real cluster to connect to the region",
         )
@@ -632,7 +618,7 @@ class LiveCluster:
                 same, last[0] = now == last[0], now
                 return same
 
-            wait_until(steady, "the cluster's open files to settle", interval=0.2)
+            waitFor(steady, "the cluster's open files to settle", interval=0.2)
         finally:
             self.advertise_fuzz = True
 
@@ -1210,7 +1196,7 @@ def test_region_refuses_commands_before_authentication(region: LiveRegion) -> No
                 peer.call(command, **arguments)
             assert raised.value.code == b"NOT_AUTHENTICATED"
             needle = f"Refused {command.decode()} from 127.0.0.1:{port}"
-            wait_until(
+            waitFor(
                 lambda needle=needle: needle in region.log.read_text(), f"{needle!r}"
             )
         # The handshake's own commands are still answered.
@@ -1233,7 +1219,7 @@ def test_region_refuses_its_own_challenge_reflected(region: LiveRegion) -> None:
             peer.call(b"Authenticate", message=challenge[b"message"])
         with pytest.raises(PeerClosed):
             peer.next_box()
-    wait_until(
+    waitFor(
         lambda: (
             f"Peer 127.0.0.1:{port} sent a challenge issued by our own side"
             in region.log.read_text()
@@ -1266,7 +1252,7 @@ def test_region_honours_max_unauthenticated(tmp_path: Path) -> None:
             assert proc.poll() is None, tail(log)
             return read_status(data / "status" / f"{proc.pid}.json")
 
-        port = wait_until(status, "the region's status file")["port"]
+        port = waitFor(status, "the region's status file")["port"]
         socks = [
             socket.create_connection(("127.0.0.1", port), timeout=BOUND)
             for _ in range(3)
@@ -1350,7 +1336,7 @@ def test_region_log_lines_for_bad_input_are_bounded(region: LiveRegion) -> None:
             )
         assert reply.closed and not reply.hung
         lost = f"port={port}))"
-        wait_until(
+        waitFor(
             lambda lost=lost, before=before: lost in _log_since(region.log, before),
             "the region to log the connection's loss",
         )
@@ -1431,7 +1417,7 @@ def test_cluster_refuses_commands_before_authentication(cluster: LiveCluster) ->
             peer.call(b"EatCheez", name="Brie", origin="France")
         assert raised.value.code == b"NOT_AUTHENTICATED"
         assert b"rating" not in raised.value.box
-        wait_until(lambda: _count(cluster.log, needle) > before, f"{needle!r}")
+        waitFor(lambda: _count(cluster.log, needle) > before, f"{needle!r}")
         # The handshake's own commands are still answered.
         assert peer.call(b"Identify")[b"ident"] == FUZZED_CLUSTER_UUID.encode()
 

@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -51,6 +50,7 @@ from maasserver.utils.asynchronous import gather
 from provisioningserver.cheese import rate_cheese
 from provisioningserver.rpc.cluster import EatCheez
 from provisioningserver.rpc.exceptions import NoConnectionsAvailable, NoSuchCheese
+from provisioningserver.rpc.testing import waitFor
 from provisioningserver.security import get_or_create_shared_secret
 
 HERE = Path(__file__).resolve().parent
@@ -80,36 +80,6 @@ def _userext(module: str) -> Any:
 
 cheeseboard = _userext("cheeseboard")
 CheeseboardRegion = _userext("cheeseboard.region").CheeseboardRegion
-
-
-def waitFor(
-    condition: Callable[[], Any],
-    what: str,
-    timeout: float = BOUND,
-    interval: float = 0.05,
-    check: Callable[[], None] | None = None,
-) -> Any:
-    """Poll ``condition`` until it returns something true; return that.
-
-    :param condition: called every ``interval`` seconds.
-    :param what: what is waited for, for the error.
-    :param timeout: seconds to wait at most.
-    :param interval: seconds between polls.
-    :param check: called before each poll; raises to give up early (say,
-        when a process died).
-    :raises AssertionError: at the deadline.
-    """
-    wake = threading.Event()
-    deadline = time.monotonic() + timeout
-    while True:
-        if check is not None:
-            check()
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"gave up after {timeout} seconds waiting for {what}")
-        wake.wait(interval)
 
 
 def _pythonPath() -> str:

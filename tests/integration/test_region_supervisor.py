@@ -10,27 +10,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 from maasserver.demo import meshConnections
+from provisioningserver.rpc.testing import waitFor
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_until(condition, timeout=30.0, what="a condition", interval=0.05):
-    """Poll ``condition`` until it returns something true; fail after
-    ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        pause.wait(interval)
 
 
 def live_workers(status_dir: Path) -> dict[int, str]:
@@ -66,7 +53,7 @@ def test_region_supervises_workers(tmp_path):
         cwd=ROOT,
     )
     try:
-        workers = wait_until(
+        workers = waitFor(
             lambda: (w := live_workers(data / "status")) and len(w) == 2 and w,
             what="two event-loop workers",
         )
@@ -83,7 +70,7 @@ def test_region_supervises_workers(tmp_path):
                 loops = json.load(response)["eventloops"] or {}
             return set(loops) == set(workers.values())
 
-        wait_until(advertised, what="both workers advertised")
+        waitFor(advertised, what="both workers advertised")
         assert meshConnections(data / "status") == {
             name: 0 for name in workers.values()
         }
@@ -92,7 +79,7 @@ def test_region_supervises_workers(tmp_path):
         victim = min(workers)
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        replaced = wait_until(
+        replaced = waitFor(
             lambda: (
                 (w := live_workers(data / "status"))
                 and len(w) == 2
@@ -110,7 +97,7 @@ def test_region_supervises_workers(tmp_path):
         region.send_signal(signal.SIGTERM)
         assert region.wait(timeout=30) == 0
         for pid in survivors:
-            wait_until(
+            waitFor(
                 lambda pid=pid: not Path(f"/proc/{pid}").exists(),
                 what=f"worker {pid} to exit",
             )

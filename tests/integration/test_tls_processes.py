@@ -8,23 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 from maasserver.cli import reservePort
+from provisioningserver.rpc.testing import waitFor
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_until(condition, timeout=30.0, what="a condition"):
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        pause.wait(0.05)
-    return result
 
 
 def clusters_of(status_dir: Path) -> set[str]:
@@ -83,7 +74,7 @@ def test_tls_mesh_between_processes(tmp_path):
         start(
             [sys.executable, "-m", "maasserver.cli", "eventloop"], region_env, "region"
         )
-        wait_until(lambda: list((region_dir / "status").glob("*.json")), what="region")
+        waitFor(lambda: list((region_dir / "status").glob("*.json")), what="region")
         reserved.close()
 
         def cluster(name, ca, cert, key):
@@ -117,14 +108,14 @@ def test_tls_mesh_between_processes(tmp_path):
             other / "cluster-key.pem",
         )
         started = time.monotonic()
-        wait_until(lambda: good in clusters_of(region_dir / "status"), what="TLS mesh")
+        waitFor(lambda: good in clusters_of(region_dir / "status"), what="TLS mesh")
         print(f"TLS cluster registered after {time.monotonic() - started:.2f}s")
         # The cluster from another CA is refused, and both sides say so.
-        wait_until(
+        waitFor(
             lambda: "TLS with" in (tmp_path / "region.log").read_text(),
             what="the region's log line",
         )
-        wait_until(
+        waitFor(
             lambda: (
                 "certificate verify failed" in (tmp_path / "foreign.log").read_text()
             ),

@@ -72,8 +72,12 @@ class FakeRegion:
             pump.flush()
 
 
-def make_service(clock: Clock, region: FakeRegion) -> ClusterClientService:
-    service = ClusterClientService(
+def make_service(
+    clock: Clock, region: FakeRegion, randomness=lambda: 0.5, **kwargs
+) -> ClusterClientService:
+    """A cluster service polling ``region``; by default without jitter, so
+    delays are exact."""
+    return ClusterClientService(
         URL,
         SECRET,
         UUID,
@@ -81,15 +85,20 @@ def make_service(clock: Clock, region: FakeRegion) -> ClusterClientService:
         fetch=region.fetch,
         connect=region.connect,
         intervals=(2, 10, 30),
-        randomness=lambda: 0.5,  # No jitter: exact delays.
+        randomness=randomness,
+        **kwargs,
     )
-    return service
+
+
+def poll_calls(clock: Clock) -> list:
+    """The scheduled polls (of every cluster service on ``clock``)."""
+    return [
+        c for c in clock.getDelayedCalls() if getattr(c.func, "__name__", "") == "_poll"
+    ]
 
 
 def next_poll(clock: Clock) -> float:
-    calls = [
-        c for c in clock.getDelayedCalls() if getattr(c.func, "__name__", "") == "_poll"
-    ]
+    calls = poll_calls(clock)
     assert len(calls) == 1, calls
     return calls[0].getTime() - clock.seconds()
 

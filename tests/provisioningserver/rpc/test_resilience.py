@@ -31,30 +31,14 @@ SECRET = bytes(range(16))
 UUID = _cs.UUID
 
 
-def service_for(clock, region, randomness=lambda: 0.5, **kwargs):
-    return ClusterClientService(
-        "http://region.example/MAAS",
-        SECRET,
-        UUID,
-        reactor=clock,
-        fetch=region.fetch,
-        connect=region.connect,
-        intervals=(2, 10, 30),
-        randomness=randomness,
-        **kwargs,
-    )
+service_for = _cs.make_service
 
 
 def poll_delays(clock, service, count):
     """Advance to each of the next ``count`` polls; return the delays."""
     delays = []
     for _ in range(count):
-        (call,) = [
-            c
-            for c in clock.getDelayedCalls()
-            if getattr(c.func, "__name__", "") == "_poll"
-        ]
-        delay = call.getTime() - clock.seconds()
+        delay = _cs.next_poll(clock)
         delays.append(delay)
         clock.advance(delay)
     return delays
@@ -104,11 +88,7 @@ def test_jitter_spreads_clusters_that_lost_the_same_region():
     assert all(s.connections for s in services)
     lose_region(region, service_a)
     # Each retried at once; the next retries are spread out, not lock-step.
-    retries = sorted(
-        c.getTime() - clock.seconds()
-        for c in clock.getDelayedCalls()
-        if getattr(c.func, "__name__", "") == "_poll"
-    )
+    retries = sorted(c.getTime() - clock.seconds() for c in _cs.poll_calls(clock))
     assert len(retries) == 100
     print(
         f"next retries of 100 clusters: min {min(retries):.3f}s, max "

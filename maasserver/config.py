@@ -37,6 +37,8 @@ Variables (command-line flags mirror them and take precedence):
     :mod:`provisioningserver.rpc.tls`); all three or none.
 ``MAAS_RPC_MAX_*``
     Limits per peer (see :mod:`provisioningserver.rpc.limits`).
+``MAAS_RPC_HTTP_*``
+    Limits of the discovery web server (see :class:`maasserver.web.HTTPLimits`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from maasserver.web import HTTPLimits
 from provisioningserver.config import (
     ConfigError,
     default_data_dir,
@@ -82,6 +85,8 @@ class RegionConfig:
         plain TCP.
     :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
         to each cluster connection.
+    :ivar http: the :class:`~maasserver.web.HTTPLimits` of the discovery web
+        server.
     """
 
     data_dir: Path
@@ -96,6 +101,7 @@ class RegionConfig:
     idle_timeout: float = 90.0
     tls: TLSConfig | None = None
     limits: Limits = field(default_factory=Limits)
+    http: HTTPLimits = field(default_factory=HTTPLimits)
 
     @property
     def secret_path(self) -> Path:
@@ -161,4 +167,5 @@ class RegionConfig:
             idle_timeout=env_float(env, "MAAS_RPC_IDLE_TIMEOUT", 90.0),
             tls=TLSConfig.from_env(env, REGION_ROLE),
             limits=Limits.from_env(env),
+            http=HTTPLimits.from_env(env),
         )

@@ -145,7 +145,9 @@ class RegionEventLoop:
             expiry=config.advertise_expiry,
         )
         advertise.setServiceParent(self.services)
-        web = WebService(makeSite(advertise), config.http_port, config.bind)
+        web = WebService(
+            makeSite(advertise, config.http), config.http_port, config.bind
+        )
         web.setServiceParent(self.services)
         return self.services
 

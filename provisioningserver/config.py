@@ -32,6 +32,12 @@ Variables a cluster reads (see :class:`ClusterConfig`):
     all three or none.
 ``MAAS_RPC_MAX_OUTSTANDING``, ``MAAS_RPC_MAX_UNSENT``
     Limits per connection (see :mod:`provisioningserver.rpc.limits`).
+``MAAS_RPC_DISCOVERY_*``, ``MAAS_RPC_CONNECT_CONCURRENCY``
+    Limits of discovery (see
+    :class:`provisioningserver.rpc.discovery.DiscoveryLimits`).
+``MAAS_RPC_ALLOW_LEGACY_PEERS``
+    ``1`` to accept legacy (MAAS) regions, and so unsigned discovery
+    documents; default ``0``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "default_data_dir",
+    "env_bool",
     "env_float",
     "env_int",
     "get_or_create_cluster_uuid",
@@ -134,6 +141,26 @@ def env_int(
         bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
         raise ConfigError(f"{name}={text!r} is out of range ({bound})")
     return value
+
+
+def env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """Read a yes/no setting from the environment.
+
+    :param environ: the environment.
+    :param name: the variable.
+    :param default: the value when the variable is unset or empty.
+    :return: the value: ``1``, ``yes`` and ``true`` are true; ``0``, ``no``
+        and ``false`` are false.
+    :raises ConfigError: when the value is none of these.
+    """
+    text = environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "yes", "true"):
+        return True
+    if text in ("0", "no", "false"):
+        return False
+    raise ConfigError(f"{name}={text!r} is not 0 or 1")
 
 
 def parse_ports(text: str, name: str = "MAAS_RPC_PORTS") -> range:
@@ -228,6 +255,10 @@ class ClusterConfig:
         plain TCP.
     :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
         to each connection.
+    :ivar discovery: the
+        :class:`~provisioningserver.rpc.discovery.DiscoveryLimits`.
+    :ivar allow_legacy_peers: whether legacy (MAAS) peers, and so unsigned
+        discovery documents, are accepted.
     """
 
     maas_url: str
@@ -243,6 +274,8 @@ class ClusterConfig:
     keepalive_timeout: float = 10.0
     tls: Any = None
     limits: Any = None
+    discovery: Any = None
+    allow_legacy_peers: bool = False
 
     @classmethod
     def from_env(
@@ -256,6 +289,7 @@ class ClusterConfig:
         :return: the checked configuration.
         :raises ConfigError: when a setting is missing or malformed.
         """
+        from provisioningserver.rpc.discovery import DiscoveryLimits
         from provisioningserver.rpc.limits import Limits
         from provisioningserver.rpc.tls import CLUSTER_ROLE, TLSConfig
 
@@ -299,4 +333,6 @@ class ClusterConfig:
             keepalive_timeout=env_float(env, "MAAS_RPC_KEEPALIVE_TIMEOUT", 10.0),
             tls=TLSConfig.from_env(env, CLUSTER_ROLE),
             limits=Limits.from_env(env),
+            discovery=DiscoveryLimits.from_env(env),
+            allow_legacy_peers=env_bool(env, "MAAS_RPC_ALLOW_LEGACY_PEERS"),
         )

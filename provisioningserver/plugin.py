@@ -129,6 +129,8 @@ def makeClusterService(config: ClusterConfig, protocol: Any = None) -> MultiServ
         limits=config.limits,
         keepaliveInterval=config.keepalive_interval,
         keepaliveTimeout=config.keepalive_timeout,
+        discoveryLimits=config.discovery,
+        allowLegacyPeers=config.allow_legacy_peers,
     )
     rpc.setServiceParent(services)
     return services

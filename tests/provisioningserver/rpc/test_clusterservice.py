@@ -3,8 +3,6 @@ region's event-loops connected in memory."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
@@ -17,6 +15,7 @@ from provisioningserver.rpc.clusterservice import (
     DiscoveryError,
     parseDiscovery,
 )
+from provisioningserver.rpc.discovery import makeDiscoveryDocument
 from provisioningserver.rpc.exceptions import NoConnectionsAvailable
 from provisioningserver.rpc.testing import connect_in_memory
 
@@ -54,7 +53,7 @@ class FakeRegion:
         self.fetched.append(url)
         if self.fail_with is not None:
             return defer.fail(self.fail_with)
-        return defer.succeed(json.dumps({"eventloops": self.answer}).encode())
+        return defer.succeed(makeDiscoveryDocument(SECRET, self.answer))
 
     def connect(self, host: str, port: int, factory) -> defer.Deferred:
         self.attempts.append((host, port))

@@ -87,8 +87,10 @@ def makeService(options: Options) -> MultiService:
 
     from maasserver.eventloop import loop
     from provisioningserver.security import SecretError
+    from provisioningserver.utils.fds import raiseOpenFileLimit
 
     crochet.no_setup()
+    raiseOpenFileLimit()
     try:
         return loop.populate(options["config"], protocol=options["protocolClass"])
     except (SecretError, OSError, ImportError) as error:

@@ -52,7 +52,11 @@ from urllib.parse import urlparse
 
 import platformdirs
 
-from provisioningserver.security import SecretError, read_shared_secret
+from provisioningserver.security import (
+    SecretError,
+    ensure_private_directory,
+    read_shared_secret,
+)
 
 __all__ = [
     "ClusterConfig",
@@ -219,7 +223,7 @@ def get_or_create_cluster_uuid(data_dir: Path) -> str:
     """
     path = data_dir / "cluster_uuid"
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_directory(data_dir)
         temp = path.with_name(f".cluster_uuid.{os.getpid()}")
         temp.write_text(str(uuid_module.uuid4()) + "\n")
         try:

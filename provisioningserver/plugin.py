@@ -145,5 +145,8 @@ def makeService(options: Options) -> MultiService:
     """
     import crochet
 
+    from provisioningserver.utils.fds import raiseOpenFileLimit
+
     crochet.no_setup()
+    raiseOpenFileLimit()
     return makeClusterService(options["config"], options["protocolClass"])

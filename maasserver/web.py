@@ -38,8 +38,8 @@ Twisted web's seams used: :class:`~twisted.web.server.Site` with its
 ``protocol`` set to an :class:`~twisted.web.http.HTTPChannel` subclass (so
 HTTP/1.1 only), and that channel's public ``maxHeaders``,
 ``totalHeadersSize``, ``MAX_LENGTH``, ``length``, ``callLater``,
-``allHeadersReceived`` and ``checkPersistence``. No private name of
-Twisted's is used.
+``dataReceived``, ``allHeadersReceived``, ``checkPersistence`` and
+``loseConnection``. No private name of Twisted's is used.
 """
 
 from __future__ import annotations
@@ -162,6 +162,19 @@ class DiscoveryResource(Resource):
             return self
         return notFound()
 
+    def render(self, request: Request) -> Any:
+        """Answer ``GET`` and ``HEAD``; anything else is ``405``.
+
+        :param request: the request.
+        :return: the answer, or ``NOT_DONE_YET``.
+        """
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"Allow", b"GET, HEAD")
+            request.setHeader(b"Content-Length", b"0")
+            return b""
+        return super().render(request)
+
     def render_GET(self, request: Request) -> Any:
         """Answer with the advertised event-loops, as signed JSON.
 
@@ -188,7 +201,9 @@ class DiscoveryResource(Resource):
     def _finish(self, request: Request, gone: list[Failure], eventloops: Any) -> None:
         if gone or request.finished:
             return
-        request.write(self._encode(eventloops))
+        body = self._encode(eventloops)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
         request.finish()
 
     def _failed(self, request: Request, gone: list[Failure], failure: Failure) -> None:
@@ -196,7 +211,9 @@ class DiscoveryResource(Resource):
         if gone or request.finished:
             return
         request.setResponseCode(503)
-        request.write(self._encode(None))
+        body = self._encode(None)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
         request.finish()
 
 
@@ -223,6 +240,7 @@ class DiscoveryChannel(HTTPChannel):
 
     peerHost: str | None = None
     _deadline: Any = None
+    _refused = False
 
     def connectionMade(self) -> None:
         """Start the connection's fixed deadline."""
@@ -241,9 +259,18 @@ class DiscoveryChannel(HTTPChannel):
         )
         self.transport.abortConnection()
 
+    def dataReceived(self, data: bytes) -> None:
+        """Read request bytes, unless the request was refused.
+
+        :param data: bytes from the client.
+        """
+        if not self._refused:
+            super().dataReceived(data)
+
     def allHeadersReceived(self) -> None:
         """Refuse a request with a body now, before reading any of it."""
         if self.length != 0:  # A Content-Length > 0, or chunked (None).
+            self._refused = True
             self.factory._refused(
                 "body",
                 "Refused an HTTP request with a body from {peer}.",

@@ -624,6 +624,8 @@ class ClusterClientService(Service):
         except defer.CancelledError:
             raise
         except UnverifiedDiscovery as error:
+            if not self.running:
+                return  # Stopping: nothing to say, nothing to fall back to.
             self._complained = True
             self._logs.warn(
                 ("unverified", url),
@@ -635,6 +637,8 @@ class ClusterClientService(Service):
             await self._fallBack()
             return
         except Exception as error:  # noqa: BLE001 - any failure means "try again"
+            if not self.running:
+                return  # Stopping: nothing to say, nothing to fall back to.
             self._complained = True
             self._logs.warn(
                 ("unusable", url),

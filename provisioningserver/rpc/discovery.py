@@ -493,8 +493,13 @@ class DiscoveryFetcher:
         """
         body: _BoundedBody | None = None
         request: Deferred[Any] | None = None
+        cancelled = False
 
         def cancel(_: Deferred[bytes]) -> None:
+            # The Deferred then fails with CancelledError, whatever the
+            # connection's own error.
+            nonlocal cancelled
+            cancelled = True
             if body is not None:
                 body.abort()
             elif request is not None:
@@ -525,7 +530,7 @@ class DiscoveryFetcher:
             response.deliverBody(body)
 
         def failed(failure: Failure) -> None:
-            if not finished.called:
+            if not finished.called and not cancelled:
                 finished.errback(failure)
 
         try:

@@ -19,7 +19,6 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredSemaphore
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -34,6 +33,7 @@ from provisioningserver.rpc.discovery import (
     DiscoveryLimits,
     Endpoints,
     UnverifiedDiscovery,
+    clientEndpoint,
     parseDiscovery,
     readDiscovery,
 )
@@ -840,8 +840,9 @@ class ClusterClientService(Service):
         return result
 
     def _connectTCP(self, host: str, port: int, factory: Factory) -> Deferred[Any]:
-        endpoint = HostnameEndpoint(self.clock, host, port, self.connectTimeout)
-        return endpoint.connect(factory)
+        return clientEndpoint(self.clock, host, port, self.connectTimeout).connect(
+            factory
+        )
 
     # Rotation.
 

@@ -45,6 +45,7 @@ __all__ = [
     "Endpoints",
     "UnverifiedDiscovery",
     "canonicalEventloops",
+    "clientEndpoint",
     "makeDiscoveryDocument",
     "parseDiscovery",
     "readDiscovery",
@@ -400,6 +401,35 @@ class _Discard(Protocol):
         self.transport.stopProducing()
 
 
+def clientEndpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
+    """A TCP client endpoint for ``host``: a plain IPv4 or IPv6 endpoint for
+    an address, :class:`~twisted.internet.endpoints.HostnameEndpoint` (which
+    resolves names) otherwise.
+
+    Discovery documents list addresses. ``HostnameEndpoint`` would resolve
+    each one anyway and spends about 0.3 s on every refused attempt (its
+    happy-eyeballs timer), which a document of many addresses multiplies.
+
+    :param reactor: the reactor to connect with.
+    :param host: an address or a host name.
+    :param port: the port.
+    :param timeout: seconds a connection attempt may take.
+    :return: the endpoint.
+    """
+    from twisted.internet.abstract import isIPAddress, isIPv6Address
+    from twisted.internet.endpoints import (
+        HostnameEndpoint,
+        TCP4ClientEndpoint,
+        TCP6ClientEndpoint,
+    )
+
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout)
+    return HostnameEndpoint(reactor, host, port, timeout)
+
+
 class _QuietEndpoints:
     """An agent endpoint factory (``IAgentEndpointFactory``) that connects
     with :class:`~twisted.internet.endpoints.HostnameEndpoint` (wrapped in
@@ -411,12 +441,11 @@ class _QuietEndpoints:
         self.connectTimeout = connectTimeout
 
     def endpointForURI(self, uri: Any) -> Any:
-        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.internet.endpoints import wrapClientTLS
         from twisted.web.client import BrowserLikePolicyForHTTPS
 
-        endpoint: Any = HostnameEndpoint(
-            self.reactor, uri.host, uri.port, timeout=self.connectTimeout
-        )
+        host = uri.host.decode("ascii") if isinstance(uri.host, bytes) else uri.host
+        endpoint = clientEndpoint(self.reactor, host, uri.port, self.connectTimeout)
         if uri.scheme == b"https":
             creator = BrowserLikePolicyForHTTPS().creatorForNetloc(uri.host, uri.port)
             endpoint = wrapClientTLS(creator, endpoint)

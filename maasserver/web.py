@@ -52,6 +52,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.internet.tcp import makeBinding
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -238,6 +239,8 @@ class DiscoveryChannel(HTTPChannel):
     :ivar peerHost: the client's address, as counted by the site.
     """
 
+    transport: Any
+    factory: Any
     peerHost: str | None = None
     _deadline: Any = None
     _refused = False
@@ -291,7 +294,7 @@ class DiscoveryChannel(HTTPChannel):
         request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         return False
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Stop the deadline, and free the connection's place.
 
         :param reason: why the connection was lost.
@@ -334,7 +337,7 @@ class DiscoverySite(Site):
         self.total = 0
         self._logs = LogLimiter(log, clock=self.reactor)
 
-    def buildProtocol(self, addr: Any) -> DiscoveryChannel | None:
+    def buildProtocol(self, addr: Any) -> Any:
         """Make a channel for a new connection, unless a cap is reached.
 
         :param addr: the client's address.
@@ -366,7 +369,7 @@ class DiscoverySite(Site):
         channel.peerHost = host
         self.connections[host] = self.connections.get(host, 0) + 1
         self.total += 1
-        return channel  # type: ignore[no-any-return]
+        return channel
 
     def _released(self, channel: DiscoveryChannel) -> None:
         host = channel.peerHost

@@ -349,6 +349,8 @@ class _BoundedBody(Protocol):
     """Collects a response body up to ``limit`` bytes; past that, stops the
     transfer (closing the connection) and fails."""
 
+    transport: Any  # The response's IPushProducer-providing transport.
+
     def __init__(self, finished: Deferred[bytes], limit: int, url: str) -> None:
         self.finished = finished
         self.limit = limit
@@ -396,6 +398,8 @@ class _BoundedBody(Protocol):
 
 class _Discard(Protocol):
     """Takes a response body it does not want: stops the transfer at once."""
+
+    transport: Any
 
     def connectionMade(self) -> None:
         self.transport.stopProducing()

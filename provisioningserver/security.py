@@ -114,7 +114,8 @@ def read_private_file(
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise MissingSecret(f"no {what} at {path}") from None
+        noun = what.split(" ", 1)[1] if what.startswith(("the ", "a ")) else what
+        raise MissingSecret(f"no {noun} at {path}") from None
     except OSError as error:
         raise UnreadableFile(
             f"cannot read {what} at {path}: {error.strerror}"

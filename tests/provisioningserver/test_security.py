@@ -455,7 +455,7 @@ def test_read_private_file_takes_its_own_limit_and_name(tmp_path):
     assert read_private_file(path, limit=100, what="a key") == b"x" * 100
     with pytest.raises(UnreadableFile, match="a key"):
         read_private_file(path, limit=99, what="a key")
-    with pytest.raises(MissingSecret, match="no a key at"):
+    with pytest.raises(MissingSecret, match="no key at"):
         read_private_file(tmp_path / "nothing", what="a key")
 
 

@@ -10,19 +10,19 @@ Use them in a command's ``arguments`` or ``response`` like AMP's own types::
 The bytes are MAAS's, so a command declared here with these types talks to
 a MAAS peer that declares it with MAAS's types:
 
-=====================  ====================================================
-type                   bytes of one value
-=====================  ====================================================
-:class:`Bytes`         the bytes themselves
-:class:`Choice`        the byte string the declaration maps the value to
-:class:`ParsedURL`     the URL as ASCII, its host name IDNA-encoded
-:class:`StructureAsJSON`  ``zlib.compress(json.dumps(value).encode("ascii"))``
-:class:`AmpList`       stock AMP's list of boxes (names may be text)
-:class:`CompressedAmpList`  ``zlib.compress`` of the :class:`AmpList` bytes
-:class:`IPAddress`     4 or 16 bytes, big-endian
-:class:`IPNetwork`     the network address (4 or 16 bytes), then one byte of
-                       prefix length
-=====================  ====================================================
+============================  ======================================================
+type                          bytes of one value
+============================  ======================================================
+:class:`Bytes`                the bytes themselves
+:class:`Choice`               the byte string the declaration maps the value to
+:class:`ParsedURL`            the URL as ASCII, its host name IDNA-encoded
+:class:`StructureAsJSON`      ``zlib.compress(json.dumps(value).encode("ascii"))``
+:class:`AmpList`              stock AMP's list of boxes (item keys may be text)
+:class:`CompressedAmpList`    ``zlib.compress`` of the :class:`AmpList` bytes
+:class:`IPAddress`            4 or 16 bytes, big-endian
+:class:`IPNetwork`            the network address (4 or 16 bytes), then one byte
+                              of prefix length
+============================  ======================================================
 
 Decoding is strict and bounded: a value that does not parse raises
 :class:`ValueError` saying why, a compressed value may expand only so far,

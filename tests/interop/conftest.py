@@ -38,6 +38,15 @@ def load(name: str) -> Any:
 harness = load("harness")  # Shared with the test modules.
 
 
+@pytest.fixture(scope="module", autouse=True)
+def legacy_peers_allowed():
+    """``MAAS_RPC_ALLOW_LEGACY_PEERS=1`` for this folder's tests only: the
+    stock peer speaks MAAS's plain handshake."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(harness.LEGACY, "1")
+        yield
+
+
 class Links:
     """One arrangement's link, rebuilt on demand."""
 
@@ -64,7 +73,11 @@ class Links:
 
 
 @pytest.fixture(scope="module", params=["peer-is-cluster", "peer-is-region"])
-def links(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+def links(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    legacy_peers_allowed: None,
+):
     holder = Links(request.param, tmp_path_factory.mktemp("interop"))
     yield holder
     holder.close()

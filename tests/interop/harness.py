@@ -445,9 +445,14 @@ class Link:
             self.peer.stop()
 
 
+#: The setting under which this package accepts a peer that speaks MAAS's
+#: plain handshake (the ``legacy_peers_allowed`` fixture sets it).
+LEGACY = "MAAS_RPC_ALLOW_LEGACY_PEERS"
+
+
 def _legacyEnvironment() -> None:
     # The stock peer speaks MAAS's plain handshake: a legacy peer.
-    os.environ["MAAS_RPC_ALLOW_LEGACY_PEERS"] = "1"
+    assert os.environ.get(LEGACY) == "1", f"{LEGACY}=1 is not set"
 
 
 def peerIsCluster(workdir: Path, *peerArgs: str) -> Link:

@@ -47,12 +47,29 @@ class NoConnectionsAvailable(Exception):
 class NoSuchCluster(Exception):
     """The region knows no cluster with the given UUID.
 
-    :ivar uuid: the UUID asked for.
+    As in MAAS, the one argument is the message, so that the exception a
+    caller rebuilds from the wire (``NoSuchCluster(description)``) says what
+    the responder's said. Build one for a UUID with :meth:`from_uuid`.
+
+    :param message: what went wrong.
+    :param uuid: the UUID asked for, when known.
+    :ivar uuid: the UUID asked for, or ``None`` (always ``None`` in a caller
+        that received it from the wire: only the message travels).
     """
 
-    def __init__(self, uuid: str) -> None:
-        super().__init__(f"no cluster with UUID {uuid!r} is known")
+    def __init__(self, message: str = "", uuid: str | None = None) -> None:
+        super().__init__(message)
         self.uuid = uuid
+
+    @classmethod
+    def from_uuid(cls, uuid: str) -> NoSuchCluster:
+        """Make the error for a UUID no cluster has (MAAS's constructor).
+
+        :param uuid: the UUID asked for.
+        :return: the exception, saying that no cluster with that UUID was
+            found.
+        """
+        return cls(f"No cluster with UUID {uuid} was found.", uuid=uuid)
 
 
 class AuthenticationFailed(Exception):
@@ -72,8 +89,29 @@ class CannotRegisterCluster(Exception):
     """Sent by the region when it will not register a cluster.
 
     For example, the UUID in ``Register`` is not the one the cluster gave
-    when it was identified.
+    when it was identified. The one argument is the message (as in MAAS);
+    :meth:`from_uuid` builds one that names the cluster.
+
+    :param message: why the region refused.
+    :param uuid: the cluster's UUID, when known.
+    :ivar uuid: the cluster's UUID, or ``None`` (always ``None`` in a caller
+        that received it from the wire: only the message travels).
     """
+
+    def __init__(self, message: str = "", uuid: str | None = None) -> None:
+        super().__init__(message)
+        self.uuid = uuid
+
+    @classmethod
+    def from_uuid(cls, uuid: str, message: str) -> CannotRegisterCluster:
+        """Make the refusal for a cluster (MAAS's constructor).
+
+        :param uuid: the cluster's UUID.
+        :param message: why it was refused.
+        :return: the exception, naming the cluster on its first line and
+            giving ``message`` on the next.
+        """
+        return cls(f"Cluster {uuid} was not registered:\n{message}", uuid=uuid)
 
 
 class NoSuchCheese(Exception):

@@ -39,6 +39,9 @@ Variables (command-line flags mirror them and take precedence):
     Limits per peer (see :mod:`provisioningserver.rpc.limits`).
 ``MAAS_RPC_HTTP_*``
     Limits of the discovery web server (see :class:`maasserver.web.HTTPLimits`).
+``MAAS_RPC_ALLOW_LEGACY_PEERS``
+    ``1`` to accept clusters that do not offer the secure channel (MAAS
+    clusters), with MAAS's plain, unencrypted handshake; default ``0``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from maasserver.web import HTTPLimits
 from provisioningserver.config import (
     ConfigError,
     default_data_dir,
+    env_bool,
     env_float,
     env_int,
     parse_ports,
@@ -87,6 +91,8 @@ class RegionConfig:
         to each cluster connection.
     :ivar http: the :class:`~maasserver.web.HTTPLimits` of the discovery web
         server.
+    :ivar allow_legacy_peers: whether clusters that do not offer the secure
+        channel are accepted.
     """
 
     data_dir: Path
@@ -102,6 +108,7 @@ class RegionConfig:
     tls: TLSConfig | None = None
     limits: Limits = field(default_factory=Limits)
     http: HTTPLimits = field(default_factory=HTTPLimits)
+    allow_legacy_peers: bool = False
 
     @property
     def secret_path(self) -> Path:
@@ -168,4 +175,5 @@ class RegionConfig:
             tls=TLSConfig.from_env(env, REGION_ROLE),
             limits=Limits.from_env(env),
             http=HTTPLimits.from_env(env),
+            allow_legacy_peers=env_bool(env, "MAAS_RPC_ALLOW_LEGACY_PEERS"),
         )

@@ -36,8 +36,9 @@ Variables a cluster reads (see :class:`ClusterConfig`):
     Limits of discovery (see
     :class:`provisioningserver.rpc.discovery.DiscoveryLimits`).
 ``MAAS_RPC_ALLOW_LEGACY_PEERS``
-    ``1`` to accept legacy (MAAS) regions, and so unsigned discovery
-    documents; default ``0``.
+    ``1`` to accept region event-loops that do not offer the secure channel
+    (MAAS regions), with MAAS's plain, unencrypted handshake, and unsigned
+    discovery documents; default ``0``.
 """
 
 from __future__ import annotations
@@ -116,6 +117,26 @@ def env_float(
     return value
 
 
+def env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """Read a yes/no setting from the environment.
+
+    :param environ: the environment.
+    :param name: the variable.
+    :param default: the value when the variable is unset or empty.
+    :return: the value.
+    :raises ConfigError: when the value is not one of ``1``, ``0``,
+        ``yes``, ``no``, ``true``, ``false``, ``on``, ``off``.
+    """
+    text = environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "yes", "true", "on"):
+        return True
+    if text in ("0", "no", "false", "off"):
+        return False
+    raise ConfigError(f"{name}={text!r} is not 1 or 0")
+
+
 def env_int(
     environ: Mapping[str, str],
     name: str,
@@ -145,26 +166,6 @@ def env_int(
         bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
         raise ConfigError(f"{name}={text!r} is out of range ({bound})")
     return value
-
-
-def env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
-    """Read a yes/no setting from the environment.
-
-    :param environ: the environment.
-    :param name: the variable.
-    :param default: the value when the variable is unset or empty.
-    :return: the value: ``1``, ``yes`` and ``true`` are true; ``0``, ``no``
-        and ``false`` are false.
-    :raises ConfigError: when the value is none of these.
-    """
-    text = environ.get(name, "").strip().lower()
-    if not text:
-        return default
-    if text in ("1", "yes", "true"):
-        return True
-    if text in ("0", "no", "false"):
-        return False
-    raise ConfigError(f"{name}={text!r} is not 0 or 1")
 
 
 def parse_ports(text: str, name: str = "MAAS_RPC_PORTS") -> range:
@@ -261,8 +262,8 @@ class ClusterConfig:
         to each connection.
     :ivar discovery: the
         :class:`~provisioningserver.rpc.discovery.DiscoveryLimits`.
-    :ivar allow_legacy_peers: whether legacy (MAAS) peers, and so unsigned
-        discovery documents, are accepted.
+    :ivar allow_legacy_peers: whether region event-loops that do not offer
+        the secure channel are accepted.
     """
 
     maas_url: str

@@ -519,23 +519,27 @@ def rawCluster(
     port: int, secret: bytes, source: str = "127.0.0.1", ident: str | None = None
 ) -> Any:
     """A raw AMP peer that completes the legacy (MAAS) handshake as a cluster
-    that knows the secret: an authenticated connection the attacker owns.
+    that knows the secret: an authenticated connection the attacker owns
+    (the region must allow legacy peers).
+
+    As a MAAS cluster does, it speaks first: its challenge to the region,
+    which makes the region take it for a legacy peer.
 
     :return: the :class:`ampwire.Peer`.
     """
-    from provisioningserver.rpc.handshake import CLUSTER, makeChallenge
-
     ident = ident or str(uuid.uuid4())
     responders = {
         b"Identify": lambda box: {b"ident": ident},
-        b"Authenticate": ampwire.authenticate_responder(secret, CLUSTER),
+        b"Authenticate": ampwire.authenticate_responder(secret),
     }
     peer = ampwire.Peer(connectFrom(source, port, BOUND), responders, timeout=BOUND)
     try:
+        peer.post(b"Authenticate", message=os.urandom(16))
         peer.serve_until(
             lambda: any(b[b"_command"] == b"Authenticate" for b in peer.received)
         )
-        challenge = makeChallenge(secret, CLUSTER)
+        peer.settle()
+        challenge = os.urandom(16)
         answer = peer.call(b"Authenticate", message=challenge)
         assert ampwire.check_authenticate(secret, challenge, answer)
         peer.call(b"Register", uuid=ident)

@@ -846,6 +846,7 @@ def test_row13_peer_text_in_region_logs(mesh):
     )
     try:
         try:
+            peer.post(b"Authenticate", message=os.urandom(16))  # A MAAS cluster's.
             peer.serve_until(
                 lambda: any(b[b"_command"] == b"Identify" for b in peer.received)
             )
@@ -916,6 +917,7 @@ def test_row14_a_reflected_challenge(mesh):
         timeout=10,
     )
     try:
+        peer.post(b"Authenticate", message=os.urandom(16))  # A MAAS cluster's.
         peer.serve_until(
             lambda: any(b[b"_command"] == b"Authenticate" for b in peer.received)
         )

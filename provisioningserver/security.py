@@ -94,6 +94,7 @@ def read_private_file(
     *,
     limit: int = MAX_SECRET_FILE_BYTES,
     what: str = "the shared secret",
+    private: bool = True,
 ) -> bytes:
     """Read a small file that holds a secret, checking it first.
 
@@ -103,9 +104,13 @@ def read_private_file(
     :param path: the file.
     :param limit: the most bytes it may hold.
     :param what: what it holds, for messages.
+    :param private: whether to refuse a file group or others may read or
+        write (``False`` for public material such as certificates, which
+        are still bounded and checked to be regular files).
     :return: its content.
     :raises MissingSecret: when it does not exist.
-    :raises InsecureFile: when group or others may read or write it.
+    :raises InsecureFile: when ``private`` and group or others may read or
+        write it.
     :raises UnreadableFile: when it is not a regular file, is larger than
         ``limit``, or cannot be read.
     """
@@ -130,7 +135,7 @@ def read_private_file(
                 f"file holding {what}"
             )
         mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
+        if private and mode & 0o077:
             access = " and ".join(
                 word
                 for bits, word in ((0o044, "readable"), (0o022, "writable"))

@@ -50,8 +50,8 @@ REGION_ROLE = "maas-rpc region"
 #: The organisational unit of a cluster's certificate.
 CLUSTER_ROLE = "maas-rpc cluster"
 
-#: The largest private key file read.
-MAX_PEM_BYTES = 1 << 16
+#: The largest certificate or private key file read.
+MAX_PEM_BYTES = 1 << 20
 
 
 def certificateRole(certificate: Any) -> str | None:
@@ -110,10 +110,14 @@ class TLSConfig:
         """
         try:
             keyPEM = read_private_file(key, limit=MAX_PEM_BYTES, what="a TLS key")
-            authority = ssl.Certificate.loadPEM(Path(ca).read_bytes())
-            certificate = ssl.PrivateCertificate.loadPEM(
-                Path(cert).read_bytes() + b"\n" + keyPEM
+            caPEM, certPEM = (
+                read_private_file(
+                    path, limit=MAX_PEM_BYTES, what="a certificate", private=False
+                )
+                for path in (ca, cert)
             )
+            authority = ssl.Certificate.loadPEM(caPEM)
+            certificate = ssl.PrivateCertificate.loadPEM(certPEM + b"\n" + keyPEM)
         except SecretError as error:
             raise ConfigError(str(error)) from None
         except OSError as error:

@@ -79,3 +79,15 @@ def test_a_key_that_is_a_device_or_directory_is_one_line(tmp_path):
     for key in ("/dev/zero", tmp_path):
         with pytest.raises(ConfigError, match="not a|directory"):
             TLSConfig.load(written["ca"], written["region"], key, REGION_ROLE)
+
+
+def test_a_certificate_that_is_a_device_or_directory_is_one_line(tmp_path):
+    written = makeTestPKI(tmp_path / "pki")
+    for cert in ("/dev/zero", tmp_path):
+        with pytest.raises(ConfigError, match="not a|directory") as info:
+            TLSConfig.load(cert, written["region"], written["region-key"], REGION_ROLE)
+        assert "\n" not in str(info.value)
+    # Certificates are public: 0644 is fine for them.
+    assert TLSConfig.load(
+        written["ca"], written["region"], written["region-key"], REGION_ROLE
+    )

@@ -42,11 +42,10 @@ import os
 import socket
 from typing import Any
 
+from provisioningserver.rpc import exceptions
 from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 from twisted.python.failure import Failure
-
-from provisioningserver.rpc import exceptions
 
 __all__ = [
     "HAVE_REMOTE_RESPONDER_FAILED",

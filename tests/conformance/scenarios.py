@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pprint import pformat
 from typing import Any
 
+from provisioningserver.rpc.common import RPCProtocol
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.protocols import amp
 from twisted.python.failure import Failure
-
-from provisioningserver.rpc.common import RPCProtocol
 
 from . import harness
 from .reference import ReferenceAMP
@@ -36,6 +35,8 @@ __all__ = [
     "ROLES",
     "Scenario",
     "makeCommand",
+    "newProtocol",
+    "play",
     "responderClass",
     "run",
 ]
@@ -218,9 +219,9 @@ def responderClass(
     )
 
 
-def newProtocol(cls: type[amp.AMP]) -> Any:
+def newProtocol(cls: type[amp.AMP], *args: Any, **kwargs: Any) -> Any:
     """Instantiate a protocol and give it what the responders record into."""
-    proto = cls()
+    proto = cls(*args, **kwargs)
     proto.observed = []
     proto.later = []
     return proto
@@ -277,6 +278,15 @@ def run(scenario: Scenario, caller: str, responder: str) -> Outcome:
         responderClass(BASES[responder], scenario.responders, scenario.mixins)
     )
     callerProto = newProtocol(responderClass(BASES[caller], {}, scenario.callerMixins))
+    return play(scenario, callerProto, responderProto)
+
+
+def play(scenario: Scenario, callerProto: Any, responderProto: Any) -> Outcome:
+    """Play ``scenario``'s calls between two protocols already built.
+
+    :param callerProto: the caller (from :func:`newProtocol`).
+    :param responderProto: the responder (from :func:`newProtocol`).
+    """
     link = harness.Link(responderProto, callerProto)
     calls = [
         harness.Call.make(
@@ -322,7 +332,8 @@ def settle(link: harness.Link, *protos: Any) -> None:
     link.flush()
     while any(proto.later for proto in protos):
         for proto in protos:
-            pending, proto.later = proto.later, []
+            pending = list(proto.later)
+            proto.later.clear()
             for fire in pending:
                 fire()
         link.flush()

@@ -21,6 +21,7 @@ from pprint import pformat
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+
 from maas_rpc_conformance.scenarios import ROLES, run
 from maas_rpc_conformance.strategies import scenarios
 

@@ -14,6 +14,8 @@ returned), 7 (an asynchronous answer that cannot be serialised).
 from __future__ import annotations
 
 import pytest
+from twisted.protocols import amp
+
 from maas_rpc_conformance.scenarios import (
     KINDS,
     RAISING,
@@ -26,7 +28,6 @@ from maas_rpc_conformance.scenarios import (
     assertConforms,
     makeCommand,
 )
-from twisted.protocols import amp
 
 
 class LongText(str):

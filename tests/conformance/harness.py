@@ -400,6 +400,7 @@ class Call:
 
     deferred: Deferred[Any] | None = None
     result: tuple[Any, ...] = ("pending",)
+    error: BaseException | None = None
 
     @classmethod
     def make(
@@ -427,11 +428,31 @@ class Call:
             return value
 
         def failed(failure: Failure) -> Any:
+            call.error = failure.value
             call.result = ("failed", *describeError(failure.value))
             return None if handled else failure
 
         d.addCallbacks(answered, failed)
         return call
+
+    def seen(self, link: Link) -> tuple[Any, ...]:
+        """The result, with a failure caused by the connection being closed
+        reported as such.
+
+        When an exception escapes ``dataReceived``, Twisted closes the
+        connection with that exception as the reason, and AMP fails every
+        outstanding call with it: those calls fail because the connection
+        was closed, whatever the exception (``NoEmptyBoxes``, ``KeyError``,
+        ...). Which exception carries the news is not part of the contract;
+        that the connection was closed is.
+        """
+        if self.error is not None and any(
+            self.error is crash.value
+            for end in (link.caller, link.responder)
+            for crash in end.crashed
+        ):
+            return ("failed", "connection closed")
+        return self.result
 
     def settle(self) -> None:
         """Consume a failure left unhandled on purpose, once compared, so

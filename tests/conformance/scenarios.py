@@ -344,7 +344,7 @@ def finish(link: harness.Link, calls: list[harness.Call], responder: Any) -> Out
     outcome = Outcome(
         callerWrote=harness.normaliseStream(bytes(link.caller.wrote)),
         responderWrote=harness.normaliseStream(bytes(link.responder.wrote)),
-        results=tuple(call.result for call in calls),
+        results=tuple(call.seen(link) for call in calls),
         fate=link.fate,
         observed=tuple(getattr(responder, "observed", ())),
         notes=tuple(

@@ -18,7 +18,9 @@ and ``RPCProtocol`` as described); the same table is in ``README.rst``:
     ``Unknown Error [<hostname>:pid=<pid>:cmd=<Command>:ask=<n>]`` (stock:
     fatal ``UNKNOWN`` / ``Unknown Error``, connection closed).
 (b) ``test_b_auth_gate_only_with_handshake_commands``: the authentication
-    gate, only when ``handshakeCommands`` is set.
+    gate, only when ``handshakeCommands`` is set; a caller given
+    ``NOT_AUTHENTICATED`` raises ``NotAuthenticated``
+    (``test_b_not_authenticated_raises_not_authenticated``).
 (c) ``test_c_cancelled_call_is_released_and_late_answer_dropped``,
     ``test_c_client_deadline``: call deadlines and cancellation.
 (d) ``test_d_oversized_argument_refused_without_chunking``: no chunking
@@ -50,11 +52,15 @@ from twisted.python.failure import Failure
 __all__ = [
     "HAVE_REMOTE_RESPONDER_FAILED",
     "MAX_VALUE",
+    "NOT_AUTHENTICATED",
     "ReferenceAMP",
     "RemoteResponderFailed",
     "responderFailed",
     "unknownErrorReference",
 ]
+
+#: The error code of a command refused by the authentication gate.
+NOT_AUTHENTICATED = b"NOT_AUTHENTICATED"
 
 #: The largest value a peer that has not agreed to chunking accepts.
 MAX_VALUE = amp.MAX_VALUE_LENGTH
@@ -108,11 +114,12 @@ def _mustSerialise(answer: amp.AmpBox) -> amp.AmpBox:
 
 
 class ReferenceAMP(amp.AMP):
-    """Stock AMP with the deliberate differences (a), (c), (d), (e), (g).
+    """Stock AMP with the deliberate differences (a), (c), (d), (e), (g) and
+    the caller's side of (b).
 
-    (b) and (h) only apply to a configured ``RPCProtocol`` (a gate, limits)
-    and are tested on their own; (f) changes a log line, not the
-    connection's fate, which stays stock AMP's.
+    The gate of (b) and the bounds of (h) only apply to a configured
+    ``RPCProtocol`` and are tested on their own; (f) changes a log line, not
+    the connection's fate, which stays stock AMP's.
     """
 
     def __init__(self, boxReceiver: Any = None, locator: Any = None) -> None:
@@ -154,7 +161,8 @@ class ReferenceAMP(amp.AMP):
             return Failure(responderFailed(failure.value.args[1]))
         return failure
 
-    # (c) A cancelled call releases its entry; its late answer is dropped.
+    # (c) A cancelled call releases its entry at once (stock AMP keeps it
+    # until the answer comes); its late answer is dropped.
 
     def _sendBoxCommand(
         self, command: bytes, box: amp.AmpBox, requiresAnswer: bool = True
@@ -190,7 +198,10 @@ class ReferenceAMP(amp.AMP):
         description = box[amp.ERROR_DESCRIPTION]
         if isinstance(description, bytes):
             description = description.decode("utf-8", "replace")
-        if errorCode in amp.PROTOCOL_ERRORS:
+        if errorCode == NOT_AUTHENTICATED:
+            # (b) Not an AMP error: no command's error mapping hides it.
+            error: Exception = exceptions.NotAuthenticated(description)
+        elif errorCode in amp.PROTOCOL_ERRORS:
             error = amp.PROTOCOL_ERRORS[errorCode](errorCode, description)
         else:
             error = amp.RemoteAmpError(errorCode, description)

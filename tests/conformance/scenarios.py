@@ -55,8 +55,13 @@ class Undeclared(Exception):
 
 
 #: The peers: ``stock`` is stock AMP with the deliberate differences
-#: (:class:`ReferenceAMP`), ``rpc`` is the protocol under test.
-BASES: dict[str, type[amp.AMP]] = {"stock": ReferenceAMP, "rpc": RPCProtocol}
+#: (:class:`ReferenceAMP`), ``rpc`` is the protocol under test, ``plain`` is
+#: stock AMP as Twisted ships it (to show each deliberate difference).
+BASES: dict[str, type[amp.AMP]] = {
+    "stock": ReferenceAMP,
+    "rpc": RPCProtocol,
+    "plain": amp.AMP,
+}
 
 #: (caller, responder) pairs compared with ``("stock", "stock")``.
 ROLES = [

@@ -26,7 +26,7 @@ from maas_rpc_conformance.scenarios import ROLES, run
 from maas_rpc_conformance.strategies import scenarios
 
 MATRIX = settings(
-    max_examples=150,
+    max_examples=300,
     deadline=None,
     derandomize=True,
     database=None,

@@ -56,8 +56,20 @@ COMMANDS = {
         errors=ERRORS,
         fatalErrors=FATAL,
     ),
+    # A returned Failure must not pass for an empty answer.
+    "empty-response": makeCommand(
+        b"Probe",
+        [(b"n", amp.Integer()), (b"s", amp.Unicode())],
+        [],
+        errors=ERRORS,
+        fatalErrors=FATAL,
+    ),
 }
-CALL = {"plain": {"n": 7, "s": "seven"}, "listof": {"n": 7, "s": ["seven"]}}
+CALL = {
+    "plain": {"n": 7, "s": "seven"},
+    "listof": {"n": 7, "s": ["seven"]},
+    "empty-response": {"n": 7, "s": "seven"},
+}
 
 #: What a raising responder raises.
 RAISES = {

@@ -45,14 +45,22 @@ COMMANDS = {
     "plain": makeCommand(
         b"Probe",
         [(b"n", amp.Integer()), (b"s", amp.Unicode())],
-        [(b"total", amp.Integer()), (b"echo", amp.Unicode(optional=True))],
+        [
+            (b"total", amp.Integer()),
+            (b"echo", amp.Unicode(optional=True)),
+            (b"raw", amp.String(optional=True)),
+        ],
         errors=ERRORS,
         fatalErrors=FATAL,
     ),
     "listof": makeCommand(
         b"Probe",
         [(b"n", amp.Integer()), (b"s", amp.ListOf(amp.Unicode()))],
-        [(b"total", amp.Integer()), (b"echo", amp.Unicode(optional=True))],
+        [
+            (b"total", amp.Integer()),
+            (b"echo", amp.Unicode(optional=True)),
+            (b"raw", amp.String(optional=True)),
+        ],
         errors=ERRORS,
         fatalErrors=FATAL,
     ),
@@ -85,6 +93,7 @@ UNSERIALISABLE = {
     "wrong-type": {"total": "seven"},
     "not-a-dict": None,
     "too-long": {"total": 1, "echo": LongText("x" * 70000)},
+    "text-for-string": {"total": 1, "raw": "text, not bytes"},
 }
 
 

@@ -28,6 +28,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from provisioningserver.rpc.exceptions import ArgumentTooLarge
 from twisted.internet import error as neterror
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -363,13 +364,18 @@ def describeError(error: BaseException) -> tuple[Any, ...]:
     Connection losses compare equal to each other (how a peer closed a TCP
     connection is not part of AMP's contract); ``UnhandledCommand`` and its
     subclasses compare by type and description (with its reference
-    normalised); anything else by type and message.
+    normalised); ``ArgumentTooLarge`` by its attributes; anything else by
+    type and message.
 
     :param error: the exception.
     :return: a tuple.
     """
     if isinstance(error, _CLOSED):
         return ("connection closed",)
+    if isinstance(error, ArgumentTooLarge):
+        # This project's own exception: its attributes are the contract, its
+        # wording is not.
+        return (type(error), error.command, error.key, error.size, error.limit)
     if isinstance(error, amp.UnhandledCommand):
         description = getattr(error, "description", None)
         if description is None:

@@ -53,9 +53,7 @@ def _quiet():
     twisted.addHandler(null)
     twisted.propagate = False
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "coroutine .* was never awaited")
-            yield
+        yield
     finally:
         twisted.removeHandler(null)
         twisted.propagate = propagate

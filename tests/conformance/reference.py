@@ -114,8 +114,8 @@ def _mustSerialise(answer: amp.AmpBox) -> amp.AmpBox:
 
 
 class ReferenceAMP(amp.AMP):
-    """Stock AMP with the deliberate differences (a), (c), (d), (e), (g) and
-    the caller's side of (b).
+    """Stock AMP with the deliberate differences (a), (c), (d), (e), (g),
+    (i) and the caller's side of (b).
 
     The gate of (b) and the bounds of (h) only apply to a configured
     ``RPCProtocol`` and are tested on their own; (f) changes a log line, not
@@ -181,10 +181,26 @@ class ReferenceAMP(amp.AMP):
         self._outstandingRequests[tag] = cancellable
         return cancellable
 
-    def _answerReceived(self, box: amp.AmpBox) -> None:
-        if box[amp.ANSWER] in self._cancelledTags:
+    # (i) One bad call never costs the others: a failure nobody can be told
+    # about does not close the connection. Stock AMP closes it (through
+    # unhandledError, or an exception out of dataReceived) for a command
+    # without an ask that fails, an answer or error for an ask never sent
+    # (or answered twice), a malformed error answer, and an answer that
+    # fails to parse and is left unhandled.
+
+    def _commandReceived(self, box: amp.AmpBox) -> None:
+        if amp.ASK in box:
+            super()._commandReceived(box)
             return
-        super()._answerReceived(box)
+        self.dispatchCommand(box).addErrback(lambda _: None)
+
+    def _answerReceived(self, box: amp.AmpBox) -> None:
+        tag = box[amp.ANSWER]
+        if tag in self._cancelledTags:
+            return
+        question = self._outstandingRequests.pop(tag, None)
+        if question is not None:
+            question.callback(box)
 
     # (e) An error answer the caller leaves unhandled does not drop the
     # connection: stock AMP's _errorReceived without its unhandledError.
@@ -193,9 +209,11 @@ class ReferenceAMP(amp.AMP):
         tag = box[amp.ERROR]
         if tag in self._cancelledTags:
             return
-        question = self._outstandingRequests.pop(tag)
-        errorCode = box[amp.ERROR_CODE]
-        description = box[amp.ERROR_DESCRIPTION]
+        question = self._outstandingRequests.pop(tag, None)
+        if question is None:
+            return  # (i)
+        errorCode = box.get(amp.ERROR_CODE, amp.UNKNOWN_ERROR_CODE)  # (i)
+        description = box.get(amp.ERROR_DESCRIPTION, b"")
         if isinstance(description, bytes):
             description = description.decode("utf-8", "replace")
         if errorCode == NOT_AUTHENTICATED:

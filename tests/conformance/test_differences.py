@@ -463,6 +463,44 @@ def test_h_bounds_commands_in_progress() -> None:
         assert link.fate == fate, base
 
 
+# (i) One bad call never costs the others.
+
+#: Boxes a peer sends that stock AMP answers by closing the connection.
+STRAY = {
+    "command-without-ask-that-fails": amp.AmpBox(_command=b"Probe", n=b"seven"),
+    "unknown-command-without-ask": amp.AmpBox(_command=b"Nope"),
+    "answer-never-asked": amp.AmpBox(_answer=b"99", n=b"1"),
+    "error-never-asked": amp.AmpBox(
+        _error=b"99", _error_code=b"X", _error_description=b"x"
+    ),
+}
+
+
+@pytest.mark.parametrize("stray", sorted(STRAY))
+def test_i_one_bad_call_never_closes_the_connection(stray: str) -> None:
+    for base, fate in (("plain", "closed"), ("stock", "open"), ("rpc", "open")):
+        responder = newProtocol(
+            responderClass(BASES[base], {Probe: Behaviour("sync", {"n": 1})})
+        )
+        raw = harness.RawPeer()
+        link = harness.Link(responder, raw)
+        raw.transport.write(STRAY[stray].serialize())
+        link.flush()
+        assert link.fate.startswith(fate), (base, link.fate)
+
+
+@pytest.mark.parametrize("caller", ["stock", "rpc"])
+def test_i_a_malformed_error_answer_fails_its_call_only(caller: str) -> None:
+    raw = harness.RawPeer()
+    link = harness.Link(raw, newProtocol(BASES[caller]))
+    call = harness.Call.make(link.caller.proto, Probe, n=1)
+    link.flush()
+    raw.transport.write(amp.AmpBox(_error=b"1").serialize())
+    link.flush()
+    assert call.result[0] == "failed"
+    assert link.fate == "open"
+
+
 # Nothing else: the same scenarios without any of the triggers above are
 # indistinguishable from stock AMP (the rest of the suite), and the
 # reference differs from Twisted's AMP only where listed.

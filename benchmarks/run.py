@@ -23,6 +23,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -591,14 +592,15 @@ class Bench:
         """A region of N event-loop processes (``maas-rpc region``), then
         cluster processes hosting 100 clusters: time until all are
         authenticated with every event-loop."""
-        from maasserver.cli import reservePort
         from provisioningserver.security import get_or_create_shared_secret
 
         s = self.sizes
         dataDir = self.workdir / "p5-region"
         secret = get_or_create_shared_secret(dataDir / "secret")
-        reserved = reservePort("127.0.0.1")
-        httpPort = reserved.getsockname()[1]
+        # maas-rpc region binds the discovery port itself: find a free one.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            httpPort = probe.getsockname()[1]
         url = f"http://127.0.0.1:{httpPort}/MAAS"
         env = childEnv(
             MAAS_RPC_DATA_DIR=str(dataDir),
@@ -628,7 +630,6 @@ class Bench:
             say(f"P5: {len(names)} event-loops advertising after {advertising:.1f} s")
             for name in names:
                 self.procs.adopt(int(name.rsplit("pid=", 1)[1]))
-            reserved.close()
             # A first round, not counted, warms up code paths and caches.
             cold = self._p5Trial(workers, url, secret, len(names))
             say(f"P5: warm-up round: {cold:.2f} s")
@@ -637,7 +638,6 @@ class Bench:
                 times.append(self._p5Trial(workers, url, secret, len(names)))
                 say(f"P5: trial {len(times)}: {times[-1]:.2f} s")
         finally:
-            reserved.close()
             self.procs.stopWorkers(workers)
         clusters = s.p5Procs * s.p5PerProc
         self.figures.append(

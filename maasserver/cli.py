@@ -115,12 +115,10 @@ def buildParser() -> argparse.ArgumentParser:
     :return: the parser.
     """
     from provisioningserver import settings
-    from provisioningserver.cli import CLUSTER_DESCRIPTION
+    from provisioningserver.cli import CLUSTER_DESCRIPTION, OneLineParser
 
     raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=DESCRIPTION, formatter_class=raw
-    )
+    parser = OneLineParser(prog=PROG, description=DESCRIPTION, formatter_class=raw)
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -719,6 +717,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = buildParser()
     parsed = parser.parse_args(args)
     given = settings.overrides(parsed)
+    if parsed.command in ("status", "call"):
+        settings.warnUnknown(os.environ, f"{PROG} {parsed.command}", sys.stderr)
     if parsed.command == "region":
         return _region(given)
     if parsed.command == "eventloop":

@@ -171,9 +171,11 @@ class Worker(ProcessProtocol):
                 elif key == "ERROR":
                     self.error = value
             return
-        if not self.ready and not self.served:
-            # Held until it serves: when it cannot start, the supervisor
-            # says why in one line instead.
+        if self.supervisor.failed:
+            return  # Stopping because the region could not start: said once.
+        if not self.served or not self.supervisor.started.called:
+            # Held until it serves and the region is up: when it cannot
+            # start, the supervisor says why in one line instead.
             self.held.append((fd, line))
             return
         self.supervisor.printLine(self, fd, line)
@@ -183,10 +185,13 @@ class Worker(ProcessProtocol):
             return
         self.ready = self.served = True
         self.readyAt = self.supervisor.clock.seconds()
-        for fd, line in self.held:
-            self.supervisor.printLine(self, fd, line)
-        self.held = []
         self.supervisor.workerReady(self)
+
+    def flush(self) -> None:
+        """Print the lines held back while the region was starting."""
+        held, self.held = self.held, []
+        for fd, line in held:
+            self.supervisor.printLine(self, fd, line)
 
     def processEnded(self, reason: Failure) -> None:
         """Tell the supervisor.
@@ -246,6 +251,7 @@ class Supervisor(Service):
         self.workers = [Worker(self, n + 1) for n in range(workers)]
         self.started: Deferred[None] = Deferred()
         self.stopping = False
+        self.failed = False
         self._restarts: dict[int, int] = {}
         self._timers: dict[int, Any] = {}
         self.stamp = not os.environ.get("JOURNAL_STREAM")
@@ -318,6 +324,10 @@ class Supervisor(Service):
             log.info("{who} serves again.", who=worker.who)
         if not self.started.called and all(w.ready for w in self.workers):
             self.started.callback(None)
+            for each in self.workers:
+                each.flush()
+        elif self.started.called:
+            worker.flush()
 
     def workerEnded(self, worker: Worker, code: int | None, sig: int | None) -> None:
         """Decide what to do about a worker that exited.
@@ -336,10 +346,11 @@ class Supervisor(Service):
                 f"event-loop {worker.number} exited with {how} before it served"
             )
             if worker.error is None:
-                for fd, line in worker.held:
-                    self.printLine(worker, fd, line)
+                # It crashed without saying why: its output will.
+                worker.flush()
             worker.held = []
             if not self.started.called:
+                self.failed = True
                 self.started.errback(RuntimeError(message))
             return
         # It served once: restart it, with a growing delay while it keeps

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["clusterParser", "main", "runService"]
+__all__ = ["OneLineParser", "clusterParser", "main", "runService"]
 
 CLUSTER_DESCRIPTION = """\
 Run one cluster process in the foreground: it polls the region's discovery
@@ -27,6 +27,22 @@ The cluster needs a copy of the region's secret file (--secret-file, or
 """
 
 EPILOG = "Every flag can be given as the environment variable in brackets."
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``prog: error: ...``.
+
+    (argparse prints the whole usage before its error; the usage is one
+    ``--help`` away.)
+    """
+
+    def error(self, message: str) -> Any:
+        """Print one line and exit with status 2.
+
+        :param message: what is wrong.
+        :raises SystemExit: always.
+        """
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _fail(name: str, message: str) -> None:
@@ -137,7 +153,7 @@ def clusterParser() -> argparse.ArgumentParser:
     """
     from provisioningserver import settings
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="maas-rpc cluster",
         description=CLUSTER_DESCRIPTION,
         epilog=EPILOG,

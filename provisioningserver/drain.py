@@ -51,7 +51,12 @@ def drainConnections(
             d.addErrback(lambda _: None)
             continue
         pending[n] = d
-        d.addBoth(lambda _, n=n: pending.pop(n, None))
+
+        def forget(result: Any, n: int = n) -> Any:
+            pending.pop(n, None)
+            return result
+
+        d.addBoth(forget)
     if not pending:
         return defer.succeed(0)
     log.info(

@@ -118,6 +118,7 @@ _NOISE = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r
 #: line says where a process listens.
 _PORT_NOISE = re.compile(
     r"^(\(.*Port .* Closed\)"
+    r"|Main loop terminated\."
     r"|\S+ starting on \S+"
     # AMP's own line per connection; the RPC layer logs a better one.
     r"|\w+ connection (established|lost) \(HOST:.* PEER:.*\)"
@@ -138,10 +139,9 @@ def isNoise(event: dict[str, Any]) -> bool:
     """
     if event.get("log_format") in _NOISE:
         return True
-    text = event.get("log_text")
-    if isinstance(text, str) and event.get("log_level") == LogLevel.info:
-        return _PORT_NOISE.match(text) is not None
-    return False
+    if event.get("log_level") != LogLevel.info:
+        return False
+    return _PORT_NOISE.match(formatEvent(event)) is not None
 
 
 def eventText(event: dict[str, Any]) -> str:

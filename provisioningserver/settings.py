@@ -367,6 +367,7 @@ SETTINGS: tuple[Setting, ...] = (
         "http://localhost:5240/MAAS",
         "cluster",
         "Where the region serves discovery (the cluster polls <MAAS_URL>/rpc/).",
+        flag="maas-url",
     ),
     _s(
         "MAAS_RPC_CLUSTER_UUID",
@@ -795,12 +796,19 @@ def unknownVariables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]
     :param environ: the environment.
     :return: ``(variable, closest known setting or None)``, sorted.
     """
-    known = list(_BY_NAME)
+    # Compared without the prefix every name shares, which would make any
+    # two look alike.
+    stems = {
+        s.name.removeprefix("MAAS_RPC_"): s.name
+        for s in SETTINGS
+        if s.roles != {"internal"}
+    }
     found = []
     for name in sorted(environ):
         if name.startswith(PREFIXES) and name not in _BY_NAME:
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            found.append((name, close[0] if close else None))
+            stem = name.removeprefix("MAAS_RPC_")
+            close = difflib.get_close_matches(stem, list(stems), n=1, cutoff=0.75)
+            found.append((name, stems[close[0]] if close else None))
     return found
 
 

@@ -316,7 +316,7 @@ class Supervisor(Service):
         )
 
     def workerReady(self, worker: Worker) -> None:
-        """Note that a worker serves; fire :attr:`started` when all do.
+        """Note that a worker serves; fire ``started`` when all do.
 
         :param worker: the worker.
         """

@@ -47,6 +47,7 @@ __all__ = [
     "formatLine",
     "isNoise",
     "likelyCause",
+    "makeObserver",
     "startLogging",
 ]
 

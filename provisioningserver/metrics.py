@@ -2,7 +2,7 @@
 
 Needs the ``metrics`` extra (``pip install maas-rpc[metrics]``, which brings
 ``prometheus_client``). The protocol core reports what happens to an
-observer (:mod:`provisioningserver.rpc.observers`); :class:`PrometheusObserver`
+observer (``provisioningserver.rpc.observers``); :class:`PrometheusObserver`
 turns that into:
 
 ``maas_rpc_calls_total{command, direction}``

@@ -43,7 +43,7 @@ from benchmarks.stats import Figure, percentile, render
 __all__ = ["Bench", "main"]
 
 #: Figures that can be selected with ``--only``.
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
+FIGURES = ("P1", "P1M", "P2", "P3", "P4", "P5", "P6", "P7")
 
 #: Poll intervals of the simulated clusters: disconnected, partly and fully
 #: connected (seconds).
@@ -391,6 +391,47 @@ class Bench:
             )
         )
         self._cpuFigures("P1", "P1", r)
+
+    def p1m(self) -> None:
+        """P1 with Prometheus metrics on at both ends (MAAS_RPC_METRICS_PORT),
+        against P1 with them off, back to back."""
+        from provisioningserver import metrics
+
+        s = self.sizes
+        ours, peer = self.ourCall(), self.clusterWorkers[0]
+
+        def measure(on: bool) -> dict[str, float]:
+            metrics.observe(on)
+            peer.request("metrics", on=on)
+            try:
+                return {"rate": self.seqRate(ours, s.seq)}
+            finally:
+                metrics.observe(False)
+                peer.request("metrics", on=False)
+
+        self.seqRate(ours, s.seq // 5)
+        r = self._pair({"on": lambda: measure(True), "off": lambda: measure(False)})
+        observed = metrics.observe(False)
+        self.figures.append(
+            Figure(
+                "P1m",
+                "P1 with metrics on (caller and responder)",
+                "calls/s",
+                True,
+                [trial["rate"] for trial in r["on"]],
+                "P1, metrics off",
+                [trial["rate"] for trial in r["off"]],
+                target=(">=", 0.9),
+                note="metrics: provisioningserver.metrics.PrometheusObserver in "
+                "both processes"
+                + (
+                    ""
+                    if observed
+                    else "; NOT MEASURED: this RPC core reports to "
+                    "no observer, so both columns ran without metrics"
+                ),
+            )
+        )
 
     def p2(self) -> None:
         s = self.sizes
@@ -873,7 +914,7 @@ class Bench:
     def run(self, only: set[str]) -> None:
         """Run the selected figures (all when ``only`` is empty)."""
         wanted = [f for f in FIGURES if not only or f in only]
-        needsRegion = {"P1", "P2", "P3", "P4", "P7"} & set(wanted)
+        needsRegion = {"P1", "P1M", "P2", "P3", "P4", "P7"} & set(wanted)
         if needsRegion:
             started = perf_counter()
             self.setUp()

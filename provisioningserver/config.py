@@ -245,7 +245,8 @@ def load_secret(path: Path, *, given: bool, create: bool) -> bytes:
             ) from None
         raise ConfigError(f"{where} is malformed: {detail}") from None
     except OSError as error:
-        raise ConfigError(f"{where} cannot be read: {_reason(error)}") from None
+        verb = "cannot be read or created" if create else "cannot be read"
+        raise ConfigError(f"{where} {verb}: {_reason(error)}") from None
 
 
 @dataclass(frozen=True)

@@ -121,8 +121,6 @@ _PORT_NOISE = re.compile(
     r"^(\(.*Port .* Closed\)"
     r"|Main loop terminated\."
     r"|\S+ starting on \S+"
-    # AMP's own line per connection; the RPC layer logs a better one.
-    r"|\w+ connection (established|lost) \(HOST:.* PEER:.*\)"
     # The web server's access line for every successful discovery poll.
     r'|"[^"]*" - - \[[^]]*\] "GET /MAAS/rpc/? HTTP/1\.[01]" 200 .*)$'
 )
@@ -134,9 +132,9 @@ def isNoise(event: dict[str, Any]) -> bool:
     :param event: a log event.
     :return: ``True`` for ``Starting factory ...`` and ``Stopping factory
         ...`` (an HTTP client prints them on every request), and for
-        ``<factory> starting on <port>`` and ``(TCP Port <port> Closed)``,
-        AMP's ``connection established`` / ``lost`` lines, and the access
-        log line of each successful discovery request.
+        ``<factory> starting on <port>``, ``(TCP Port <port> Closed)`` and
+        ``Main loop terminated.``, and the access log line of each successful
+        discovery request (once per poll of every cluster).
     """
     if event.get("log_format") in _NOISE:
         return True

@@ -57,7 +57,6 @@ def test_noise_is_recognised():
         "Main loop terminated.",
         '"127.0.0.1" - - [01/Jan/2026:00:00:00 +0000] "GET /MAAS/rpc/ HTTP/1.1" '
         '200 96 "-" "-"',
-        "RegionServer connection established (HOST:x PEER:y)",
     ):
         assert logs.isNoise({**legacy, "log_text": text}), text
     assert not logs.isNoise({**legacy, "log_text": "Cluster x registered."})

@@ -34,6 +34,7 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "default_data_dir",
+    "env_bool",
     "env_float",
     "env_int",
     "get_or_create_cluster_uuid",
@@ -86,6 +87,26 @@ def env_float(
     if positive and value <= 0:
         raise ConfigError(f"{name}={text!r} must be greater than zero")
     return value
+
+
+def env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """Read a yes/no setting from the environment.
+
+    :param environ: the environment.
+    :param name: the variable.
+    :param default: the value when the variable is unset or empty.
+    :return: the value.
+    :raises ConfigError: when the value is not one of ``1``, ``0``,
+        ``yes``, ``no``, ``true``, ``false``, ``on``, ``off``.
+    """
+    text = environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "yes", "true", "on"):
+        return True
+    if text in ("0", "no", "false", "off"):
+        return False
+    raise ConfigError(f"{name}={text!r} is not 1 or 0")
 
 
 def env_int(

@@ -621,10 +621,20 @@ SETTINGS: tuple[Setting, ...] = (
         "MAAS_RPC_MAX_UNAUTHENTICATED_TOTAL",
         _count,
         "count",
-        "1000",
+        "2000",
         "region",
         "Connections from all addresses that may be in the handshake at once.",
-        "Further connections are refused (logged) until some complete.",
+        "Further connections are closed at once (logged) until some complete.",
+    ),
+    _s(
+        "MAAS_RPC_MAX_UNAUTHENTICATED_BYTES",
+        wholeNumber(minimum=65536),
+        "bytes",
+        "33554432 (32 MiB)",
+        "region",
+        "Bytes that all connections in the handshake may hold in their "
+        "buffers together.",
+        "The connection whose data crosses it is dropped (logged).",
     ),
     _s(
         "MAAS_RPC_MAX_OUTSTANDING",
@@ -661,16 +671,17 @@ SETTINGS: tuple[Setting, ...] = (
         "33554432 (32 MiB)",
         "region cluster",
         "The most one received call or answer may hold, chunks included "
-        "(1 MiB before authentication).",
+        "(64 KiB before authentication).",
         "The connection is dropped and logged.",
     ),
     _s(
         "MAAS_RPC_MAX_KEYS",
-        _count,
+        wholeNumber(minimum=16),
         "count",
-        "1000",
+        "1024",
         "region cluster",
-        "Keys one received call or answer may hold.",
+        "Keys one received call or answer may hold from an authenticated peer "
+        "(32 before authentication).",
         "The connection is dropped and logged.",
     ),
     # Operating.

@@ -56,6 +56,9 @@ def test_internal_and_development_settings_have_no_flag():
         ("MAAS_RPC_MAX_UNSENT", "maxUnsentBytes", Limits),
         ("MAAS_RPC_MAX_VALUE", "maxValueBytes", Limits),
         ("MAAS_RPC_MAX_BOX", "maxBoxBytes", Limits),
+        ("MAAS_RPC_MAX_KEYS", "maxKeys", Limits),
+        ("MAAS_RPC_MAX_UNAUTHENTICATED_TOTAL", "maxUnauthenticatedTotal", Limits),
+        ("MAAS_RPC_MAX_UNAUTHENTICATED_BYTES", "maxUnauthenticatedBytesTotal", Limits),
     ],
 )
 def test_documented_defaults_are_the_codes(name, field, config):

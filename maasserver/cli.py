@@ -342,20 +342,13 @@ def _region(overrides: dict[str, str]) -> int:
     childEnv["MAAS_RPC_HTTP_PORT"] = str(httpPort)
     childEnv["MAAS_RPC_DATA_DIR"] = str(config.data_dir.resolve())
     childEnv.pop("MAAS_RPC_WORKERS", None)
-    metricsDir = None
-    if metricsPort is not None:
-        metricsDir = config.data_dir.resolve() / f"metrics-{os.getpid()}"
-        import shutil
-
-        shutil.rmtree(metricsDir, ignore_errors=True)
-        metricsDir.mkdir(mode=0o700, parents=True)
     supervisor = Supervisor(
         workers,
         [sys.executable, "-m", "maasserver.cli", "eventloop"],
         childEnv,
         httpSocket,
         stopTimeout=config.drain_timeout + 15.0,
-        metricsDir=metricsDir,
+        controlDir=config.data_dir.resolve() / "control",
     )
 
     def make() -> Any:
@@ -363,15 +356,10 @@ def _region(overrides: dict[str, str]) -> int:
 
         top = MultiService()
         supervisor.setServiceParent(top)
-        if metricsDir is not None:
-            from prometheus_client import CollectorRegistry
-            from prometheus_client.multiprocess import MultiProcessCollector
-
+        if metricsPort is not None:
             from provisioningserver.metrics import MetricsService
 
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=str(metricsDir))
-            MetricsService(metricsPort, registry).setServiceParent(top)
+            MetricsService(metricsPort, supervisor.gatherMetrics).setServiceParent(top)
         return top
 
     def describe() -> str:
@@ -381,7 +369,7 @@ def _region(overrides: dict[str, str]) -> int:
             f"secret {config.secret_path}",
             f"discovery at http://{config.bind or 'localhost'}:{httpPort}/MAAS/rpc/",
         ]
-        if metricsDir is not None:
+        if metricsPort is not None:
             parts.append(f"metrics at http://127.0.0.1:{metricsPort}/metrics")
         return "Region ready: " + ", ".join(parts) + "."
 

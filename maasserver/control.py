@@ -388,7 +388,10 @@ def regionHandlers(service: Any) -> dict[str, Any]:
     :return: op → handler, for
         :class:`~provisioningserver.control.ControlService`.
     """
+    from provisioningserver import metrics
+
     return {
         "status": lambda request: statusOf(service),
         "call": partial(callClusters, service),
+        "metrics": metrics.snapshot,
     }

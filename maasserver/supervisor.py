@@ -33,13 +33,14 @@ worker that has not exited ``MAAS_RPC_DRAIN_TIMEOUT`` + 15 seconds later is
 killed.
 
 With ``MAAS_RPC_METRICS_PORT``, the supervisor serves the workers' metrics,
-added up (see :mod:`provisioningserver.metrics`).
+added up: on each scrape it asks every worker for its counts over the
+worker's control socket (:meth:`Supervisor.gatherMetrics`; see
+:mod:`provisioningserver.metrics`).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -221,7 +222,8 @@ class Supervisor(Service):
         ``None``.
     :param reactor: the reactor; the global one when ``None``.
     :param stopTimeout: seconds a worker may take to exit after SIGTERM.
-    :param metricsDir: the directory workers keep metrics in, or ``None``.
+    :param controlDir: where the workers' control sockets are (for
+        :meth:`gatherMetrics`).
 
     :ivar started: fires once every worker serves, or fails with the error
         of the first that could not start.
@@ -239,7 +241,7 @@ class Supervisor(Service):
         stream: IO[str] | None = None,
         reactor: Any = None,
         stopTimeout: float = 25.0,
-        metricsDir: Path | None = None,
+        controlDir: Path | None = None,
     ) -> None:
         self.argv = argv
         self.environ = dict(environ)
@@ -247,7 +249,7 @@ class Supervisor(Service):
         self.stream = sys.stderr if stream is None else stream
         self._reactor = reactor
         self.stopTimeout = stopTimeout
-        self.metricsDir = metricsDir
+        self.controlDir = controlDir
         self.workers = [Worker(self, n + 1) for n in range(workers)]
         self.started: Deferred[None] = Deferred()
         self.stopping = False
@@ -280,9 +282,6 @@ class Supervisor(Service):
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("NOTIFY_SOCKET", None)
-        if self.metricsDir is not None:
-            env["MAAS_RPC_METRICS_DIR"] = str(self.metricsDir)
-            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metricsDir)
         worker.ready = False
         worker.error = None
         transport = self.clock.spawnProcess(
@@ -336,8 +335,6 @@ class Supervisor(Service):
         :param code: its exit status, or ``None`` when a signal ended it.
         :param sig: the signal, or ``None``.
         """
-        if self.metricsDir is not None and worker.lastPid is not None:
-            self._markDead(worker.lastPid)
         how = f"signal {sig}" if sig else f"status {code}"
         if self.stopping:
             return
@@ -377,13 +374,35 @@ class Supervisor(Service):
             worker.readyAt = None
             self._spawn(worker)
 
-    def _markDead(self, pid: int) -> None:
-        try:
-            from prometheus_client import multiprocess
+    def gatherMetrics(self) -> Deferred[bytes]:
+        """Ask every live worker for its metrics, and add them up.
 
-            multiprocess.mark_process_dead(pid, str(self.metricsDir))
-        except (ImportError, OSError):
-            pass
+        :return: a Deferred of the exposition in Prometheus's text format.
+        """
+        from twisted.internet import threads
+
+        from provisioningserver import metrics
+        from provisioningserver.control import ControlError, ask
+
+        paths = [
+            self.controlDir / f"{worker.pid}.sock"
+            for worker in self.workers
+            if worker.pid is not None and worker.ready and self.controlDir
+        ]
+
+        def gather() -> bytes:
+            from prometheus_client import generate_latest
+
+            snapshots = []
+            for path in paths:
+                try:
+                    snapshots.append(ask(path, {"op": "metrics"}, timeout=10))
+                except ControlError as error:
+                    log.warn("No metrics from {path}: {error}", path=path, error=error)
+            summed = metrics.addSnapshots(snapshots)
+            return bytes(generate_latest(metrics.registryFor(lambda: summed)))
+
+        return threads.deferToThread(gather)
 
     def stopService(self) -> Deferred[None]:
         """Stop every worker: SIGTERM, then SIGKILL after ``stopTimeout``.
@@ -426,7 +445,5 @@ class Supervisor(Service):
             if timer.active():
                 timer.cancel()
             self.httpSocket.close()
-            if self.metricsDir is not None:
-                shutil.rmtree(self.metricsDir, ignore_errors=True)
 
         return d.addCallback(done)

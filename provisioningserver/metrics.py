@@ -24,13 +24,19 @@ turns that into:
 Metrics are served at ``http://127.0.0.1:<port>/metrics`` (never on another
 interface) by :class:`MetricsService`.
 
-**Workers of one region are added up**, with ``prometheus_client``'s
-multiprocess mode: ``maas-rpc region`` gives its workers a private directory
-(``PROMETHEUS_MULTIPROC_DIR``, below the data directory) in which each
-keeps its counters, and serves their sum on the one port itself; a worker
-that exits is marked dead so that its open connections stop counting. One
-port per region, one scrape target, and counters that survive a worker's
-restart. A standalone event-loop or a cluster serves its own.
+**Workers of one region are added up** by ``maas-rpc region`` itself: it
+serves the one port, and on each scrape asks every worker for its counts
+over the worker's control socket (:mod:`provisioningserver.control`, op
+``metrics``) and adds them up. One scrape target per region; no files to
+share or clean up. A worker that is restarted starts counting from zero, so
+the region's sums drop once: Prometheus's ``rate()`` and ``increase()``
+treat that as the counter reset it is. A standalone event-loop or a
+cluster serves its own counts.
+
+Counting costs the RPC layer little: :class:`PrometheusObserver` keeps plain
+numbers, updated in the reactor thread without locks, and
+``prometheus_client`` formats them only when scraped
+(:class:`TallyCollector`).
 
 Without ``MAAS_RPC_METRICS_PORT`` no observer is installed, and the core
 pays nothing.
@@ -39,7 +45,8 @@ pays nothing.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -47,7 +54,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 __all__ = [
@@ -55,8 +62,13 @@ __all__ = [
     "MetricsResource",
     "MetricsService",
     "PrometheusObserver",
+    "TallyCollector",
+    "addSnapshots",
+    "floatToGoString",
     "observe",
+    "registryFor",
     "setUp",
+    "snapshot",
 ]
 
 log = Logger()
@@ -93,55 +105,24 @@ def _observerInterface() -> Any:
 class PrometheusObserver:
     """Counts what the RPC core reports (an ``IRPCObserver``).
 
-    :param registry: the :class:`prometheus_client.CollectorRegistry` to
-        register with; a new one when ``None``.
+    Everything is plain numbers in dicts, updated by the reactor thread (the
+    only thread the core reports from), so counting takes no lock;
+    :meth:`snapshot` hands them out, as JSON, to be formatted when scraped.
+
+    :ivar calls: ``(command, direction)`` → ``[count, total seconds,
+        per-bucket counts]`` (the last bucket is ``+Inf``).
+    :ivar errors: ``(command, direction, code)`` → count.
+    :ivar connections: ``(side, state)`` → open now.
+    :ivar handshakeFailures: ``(side, reason)`` → count.
+    :ivar reconnects: ``side`` → count.
     """
 
-    def __init__(self, registry: Any = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = CollectorRegistry() if registry is None else registry
-        self.calls = Counter(
-            "maas_rpc_calls",
-            "RPC calls completed.",
-            ["command", "direction"],
-            registry=self.registry,
-        )
-        self.errors = Counter(
-            "maas_rpc_call_errors",
-            "RPC calls that failed, by error code.",
-            ["command", "direction", "code"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "maas_rpc_call_duration_seconds",
-            "How long RPC calls took.",
-            ["command", "direction"],
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self.connections = Gauge(
-            "maas_rpc_connections",
-            "RPC connections open, by state.",
-            ["side", "state"],
-            registry=self.registry,
-            multiprocess_mode="livesum",
-        )
-        self.handshakeFailures = Counter(
-            "maas_rpc_handshake_failures",
-            "Handshakes that failed, by reason.",
-            ["side", "reason"],
-            registry=self.registry,
-        )
-        self.reconnects = Counter(
-            "maas_rpc_reconnects",
-            "Connections made again after one was lost.",
-            ["side"],
-            registry=self.registry,
-        )
-        # Label lookups cost more than the update: keep the children.
-        self._perCommand: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._perError: dict[tuple[str, str, str], Any] = {}
+    def __init__(self) -> None:
+        self.calls: dict[tuple[str, str], list[Any]] = {}
+        self.errors: dict[tuple[str, str, str], int] = {}
+        self.connections: dict[tuple[str, str], int] = {}
+        self.handshakeFailures: dict[tuple[str, str], int] = {}
+        self.reconnects: dict[str, int] = {}
 
     def callCompleted(
         self, command: str, direction: str, error: str | None, seconds: float
@@ -153,24 +134,19 @@ class PrometheusObserver:
         :param error: the error code, or ``None`` for success.
         :param seconds: how long it took.
         """
-        key = (command, direction)
-        children = self._perCommand.get(key)
-        if children is None:
-            children = self._perCommand[key] = (
-                self.calls.labels(command, direction),
-                self.latency.labels(command, direction),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        entry = self.calls.get((command, direction))
+        if entry is None:
+            entry = self.calls[(command, direction)] = [
+                0,
+                0.0,
+                [0] * (len(BUCKETS) + 1),
+            ]
+        entry[0] += 1
+        entry[1] += seconds
+        entry[2][bisect_left(BUCKETS, seconds)] += 1
         if error is not None:
-            failed = self._perError.get((command, direction, error))
-            if failed is None:
-                if len(self._perError) >= 10000:
-                    self._perError.clear()  # Codes are few; never let it grow.
-                failed = self._perError[(command, direction, error)] = (
-                    self.errors.labels(command, direction, error)
-                )
-            failed.inc()
+            key = (command, direction, error)
+            self.errors[key] = self.errors.get(key, 0) + 1
 
     def connectionChanged(self, side: str, state: str, delta: int) -> None:
         """Follow the number of open connections.
@@ -179,7 +155,8 @@ class PrometheusObserver:
         :param state: ``"handshake"`` or ``"authenticated"``.
         :param delta: +1 or -1.
         """
-        self.connections.labels(side, state).inc(delta)
+        key = (side, state)
+        self.connections[key] = self.connections.get(key, 0) + delta
 
     def handshakeFailed(self, side: str, reason: str) -> None:
         """Count a failed handshake.
@@ -187,14 +164,32 @@ class PrometheusObserver:
         :param side: ``"region"`` or ``"cluster"``.
         :param reason: a short fixed word (``"wrong-secret"``, ...).
         """
-        self.handshakeFailures.labels(side, reason).inc()
+        key = (side, reason)
+        self.handshakeFailures[key] = self.handshakeFailures.get(key, 0) + 1
 
     def reconnected(self, side: str) -> None:
         """Count a reconnection.
 
         :param side: ``"region"`` or ``"cluster"``.
         """
-        self.reconnects.labels(side).inc()
+        self.reconnects[side] = self.reconnects.get(side, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counts, as JSON-able lists (for the control socket).
+
+        :return: ``{"calls": [[command, direction, count, seconds,
+            buckets], ...], "errors": [[command, direction, code, count],
+            ...], "connections": [[side, state, n], ...],
+            "handshakeFailures": [[side, reason, n], ...], "reconnects":
+            [[side, n], ...]}``.
+        """
+        return {
+            "calls": [[*k, v[0], v[1], list(v[2])] for k, v in self.calls.items()],
+            "errors": [[*k, v] for k, v in self.errors.items()],
+            "connections": [[*k, v] for k, v in self.connections.items()],
+            "handshakeFailures": [[*k, v] for k, v in self.handshakeFailures.items()],
+            "reconnects": [[k, v] for k, v in self.reconnects.items()],
+        }
 
 
 _interface = _observerInterface()
@@ -202,10 +197,132 @@ if _interface is not None:
     PrometheusObserver = implementer(_interface)(PrometheusObserver)
 
 
-class MetricsResource(Resource):
-    """Serves a registry in Prometheus's text format.
+def addSnapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Add up several :meth:`PrometheusObserver.snapshot` results.
 
-    :param registry: the :class:`prometheus_client.CollectorRegistry`.
+    :param snapshots: one per process.
+    :return: one snapshot, the sum.
+    """
+    calls: dict[tuple[str, str], list[Any]] = {}
+    sums: dict[str, dict[tuple[Any, ...], int]] = {
+        "errors": {},
+        "connections": {},
+        "handshakeFailures": {},
+        "reconnects": {},
+    }
+    for snap in snapshots:
+        for command, direction, count, seconds, buckets in snap.get("calls", ()):
+            entry = calls.setdefault((command, direction), [0, 0.0, [0] * len(buckets)])
+            entry[0] += count
+            entry[1] += seconds
+            entry[2] = [a + b for a, b in zip(entry[2], buckets, strict=False)]
+        for name, table in sums.items():
+            for *key, value in snap.get(name, ()):
+                table[tuple(key)] = table.get(tuple(key), 0) + value
+    return {
+        "calls": [[*k, v[0], v[1], v[2]] for k, v in calls.items()],
+        **{name: [[*k, v] for k, v in table.items()] for name, table in sums.items()},
+    }
+
+
+class TallyCollector:
+    """A ``prometheus_client`` collector of :meth:`PrometheusObserver.snapshot`
+    results, formatted when scraped.
+
+    :param snapshot: returns the snapshot to show (already added up).
+    """
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the metric families (``prometheus_client``'s protocol).
+
+        :return: an iterator of metric families.
+        """
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        snap = self.snapshot()
+        calls = CounterMetricFamily(
+            "maas_rpc_calls", "RPC calls completed.", labels=["command", "direction"]
+        )
+        latency = HistogramMetricFamily(
+            "maas_rpc_call_duration_seconds",
+            "How long RPC calls took.",
+            labels=["command", "direction"],
+        )
+        for command, direction, count, seconds, buckets in snap["calls"]:
+            calls.add_metric([command, direction], count)
+            cumulative, running = [], 0
+            for bound, n in zip((*BUCKETS, float("inf")), buckets, strict=False):
+                running += n
+                cumulative.append((floatToGoString(bound), running))
+            latency.add_metric([command, direction], cumulative, seconds)
+        errors = CounterMetricFamily(
+            "maas_rpc_call_errors",
+            "RPC calls that failed, by error code.",
+            labels=["command", "direction", "code"],
+        )
+        for command, direction, code, count in snap["errors"]:
+            errors.add_metric([command, direction, code], count)
+        connections = GaugeMetricFamily(
+            "maas_rpc_connections",
+            "RPC connections open, by state.",
+            labels=["side", "state"],
+        )
+        for side, state, n in snap["connections"]:
+            connections.add_metric([side, state], n)
+        failures = CounterMetricFamily(
+            "maas_rpc_handshake_failures",
+            "Handshakes that failed, by reason.",
+            labels=["side", "reason"],
+        )
+        for side, reason, n in snap["handshakeFailures"]:
+            failures.add_metric([side, reason], n)
+        reconnects = CounterMetricFamily(
+            "maas_rpc_reconnects",
+            "Connections made again after one was lost.",
+            labels=["side"],
+        )
+        for side, n in snap["reconnects"]:
+            reconnects.add_metric([side], n)
+        yield from (calls, errors, latency, connections, failures, reconnects)
+
+
+def floatToGoString(value: float) -> str:
+    """A bucket bound as Prometheus writes it (``+Inf``, ``0.5``, ``1.0``).
+
+    :param value: the bound.
+    :return: its text.
+    """
+    from prometheus_client import utils
+
+    return str(utils.floatToGoString(value))
+
+
+def registryFor(snapshot: Callable[[], dict[str, Any]]) -> Any:
+    """A :class:`prometheus_client.CollectorRegistry` that shows ``snapshot``.
+
+    :param snapshot: returns the counts to show.
+    :return: the registry.
+    """
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TallyCollector(snapshot))
+    return registry
+
+
+class MetricsResource(Resource):
+    """Serves metrics in Prometheus's text format.
+
+    :param registry: the :class:`prometheus_client.CollectorRegistry`, or a
+        function returning a Deferred of the exposition (bytes), for counts
+        that must be gathered first (``maas-rpc region``'s workers').
     """
 
     isLeaf = True
@@ -214,16 +331,31 @@ class MetricsResource(Resource):
         super().__init__()
         self.registry = registry
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
         """Answer with the current values.
 
         :param request: the request.
-        :return: the exposition.
+        :return: the exposition, or ``NOT_DONE_YET`` while it is gathered.
         """
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return generate_latest(self.registry)
+        if not callable(self.registry):
+            return generate_latest(self.registry)
+
+        def write(body: bytes) -> None:
+            if not request.finished and not request._disconnected:
+                request.write(body)
+                request.finish()
+
+        def failed(failure: Any) -> None:
+            log.failure("Gathering metrics failed.", failure)
+            if not request.finished and not request._disconnected:
+                request.setResponseCode(500)
+                request.finish()
+
+        defer.maybeDeferred(self.registry).addCallbacks(write, failed)
+        return NOT_DONE_YET
 
 
 class MetricsService(Service):
@@ -276,33 +408,36 @@ class MetricsService(Service):
         return defer.maybeDeferred(listening.stopListening)
 
 
-def _setObserver(observer: Any) -> bool:
-    try:
-        from provisioningserver.rpc.observers import setObserver
-    except ImportError:
-        log.warn(
-            "This version of the RPC core reports nothing to observers: the "
-            "metrics will stay at zero."
-        )
-        return False
-    setObserver(observer)
-    return True
+#: This process's observer, once metrics are on.
+installed: PrometheusObserver | None = None
 
 
 def observe(on: bool) -> bool:
     """Install a fresh :class:`PrometheusObserver`, or remove the observer.
 
-    The benchmarks use it to measure what metrics cost.
-
     :param on: whether to observe.
     :return: whether this RPC core reports to observers at all.
     """
+    global installed
     try:
         from provisioningserver.rpc.observers import setObserver
     except ImportError:
         return False
-    setObserver(PrometheusObserver() if on else None)
+    installed = PrometheusObserver() if on else None
+    setObserver(installed)
     return True
+
+
+def snapshot(request: Any = None) -> dict[str, Any]:
+    """This process's counts (the control socket's ``metrics`` op).
+
+    :param request: the control request (unused).
+    :return: :meth:`PrometheusObserver.snapshot`, or empty counts when
+        metrics are off.
+    """
+    if installed is None:
+        return addSnapshots([])
+    return installed.snapshot()
 
 
 def setUp(port: int | None, environ: Mapping[str, str] | None = None) -> Any:
@@ -310,16 +445,16 @@ def setUp(port: int | None, environ: Mapping[str, str] | None = None) -> Any:
 
     :param port: ``MAAS_RPC_METRICS_PORT``, or ``None`` for no metrics.
     :param environ: the environment; ``os.environ`` when ``None``. In a
-        worker of ``maas-rpc region`` (``MAAS_RPC_METRICS_DIR`` set) the
-        observer writes to that directory and nothing is served here.
+        worker of ``maas-rpc region`` (``MAAS_RPC_WORKER`` set) the counts
+        are handed to the supervisor through the control socket and nothing
+        is served here.
     :return: a :class:`MetricsService` to add to the process's services, or
         ``None``.
     :raises provisioningserver.config.ConfigError: when metrics are asked
         for and ``prometheus_client`` is not installed.
     """
     env = os.environ if environ is None else environ
-    shared = env.get("MAAS_RPC_METRICS_DIR")
-    if port is None and not shared:
+    if port is None:
         return None
     try:
         import prometheus_client  # noqa: F401
@@ -330,8 +465,11 @@ def setUp(port: int | None, environ: Mapping[str, str] | None = None) -> Any:
             "MAAS_RPC_METRICS_PORT needs prometheus_client: pip install "
             "'maas-rpc[metrics]'"
         ) from None
-    observer = PrometheusObserver()
-    _setObserver(observer)
-    if shared:
+    if not observe(True):
+        log.warn(
+            "This version of the RPC core reports nothing to observers: the "
+            "metrics will stay at zero."
+        )
+    if env.get("MAAS_RPC_WORKER"):
         return None
-    return MetricsService(port or 0, observer.registry)
+    return MetricsService(port, registryFor(snapshot))

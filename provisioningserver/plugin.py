@@ -163,7 +163,11 @@ def makeClusterService(config: ClusterConfig, protocol: Any = None) -> MultiServ
     rpc.setServiceParent(services)
     if config.control:
         ControlService(
-            config.control_dir, {"status": lambda request: _clusterStatus(rpc)}
+            config.control_dir,
+            {
+                "status": lambda request: _clusterStatus(rpc),
+                "metrics": metrics.snapshot,
+            },
         ).setServiceParent(services)
     served = metrics.setUp(config.metrics_port)
     if served is not None:

@@ -693,7 +693,7 @@ SETTINGS: tuple[Setting, ...] = (
         "region cluster supervisor",
         "Serve Prometheus metrics on http://127.0.0.1:<port>/metrics (needs "
         "maas-rpc[metrics]). Under maas-rpc region the supervisor serves the "
-        "sum of its workers' metrics.",
+        "sum of its workers' metrics, gathered over their control sockets.",
     ),
     _s(
         "MAAS_RPC_CONTROL",
@@ -739,14 +739,6 @@ SETTINGS: tuple[Setting, ...] = (
         "internal",
         "The worker's name (eventloop-N); its log events go to maas-rpc "
         "region as JSON lines.",
-    ),
-    _s(
-        "MAAS_RPC_METRICS_DIR",
-        text,
-        "path",
-        "unset",
-        "internal",
-        "Where workers keep their metrics for maas-rpc region to add up.",
     ),
     # Development.
     _s(

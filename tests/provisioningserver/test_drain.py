@@ -58,3 +58,40 @@ def test_draining_service_drains_before_children_stop():
     conn.done.callback(None)
     assert not child.running
     assert d.called
+
+
+def test_draining_a_real_connection():
+    """Against the core's RPCProtocol: a call in progress finishes, a new one
+    is refused with SHUTTING_DOWN, and the drain fires when the first one
+    has answered."""
+    from provisioningserver.rpc.cluster import EatCheez
+    from provisioningserver.rpc.common import RPCProtocol
+    from provisioningserver.rpc.exceptions import ShuttingDown
+    from provisioningserver.rpc.testing import connect_in_memory
+
+    slow: Deferred[dict[str, int]] = Deferred()
+
+    class Server(RPCProtocol):
+        @EatCheez.responder
+        def eat(self, name: str, origin: str) -> Deferred[dict[str, int]]:
+            return slow
+
+    server, caller = Server(), RPCProtocol()
+    pump = connect_in_memory(server, caller)
+    server.peerAuthenticated = caller.peerAuthenticated = True
+    server.mode = caller.mode = "legacy"
+    # callRemote, not a Client: the test suite's reactor runs in crochet's
+    # thread, and a Client called from here would hop to it.
+    first = caller.callRemote(EatCheez, name="Brie", origin="France")
+    pump.flush()
+    clock = Clock()
+    drained = drainConnections([server], 10, clock)
+    second = caller.callRemote(EatCheez, name="Brie", origin="France")
+    pump.flush()
+    assert second.called and second.result.check(ShuttingDown)
+    second.addErrback(lambda _: None)
+    assert not drained.called and not first.called
+    slow.callback({"rating": 8})
+    pump.flush()
+    assert first.result == {"rating": 8}
+    assert drained.result == 0

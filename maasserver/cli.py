@@ -363,6 +363,8 @@ def _region(overrides: dict[str, str]) -> int:
         return top
 
     def describe() -> str:
+        for worker in supervisor.workers:
+            worker.flush()
         parts = [
             f"{workers} event-loop(s)",
             f"data directory {config.data_dir}",

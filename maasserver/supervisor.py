@@ -322,9 +322,8 @@ class Supervisor(Service):
         if self._restarts.get(worker.number):
             log.info("{who} serves again.", who=worker.who)
         if not self.started.called and all(w.ready for w in self.workers):
+            # The workers' start-up lines first, then the region's.
             self.started.callback(None)
-            for each in self.workers:
-                each.flush()
         elif self.started.called:
             worker.flush()
 

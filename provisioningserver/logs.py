@@ -121,8 +121,9 @@ _PORT_NOISE = re.compile(
     r"^(\(.*Port .* Closed\)"
     r"|Main loop terminated\."
     r"|\S+ starting on \S+"
-    # The web server's access line for every successful discovery poll.
-    r'|"[^"]*" - - \[[^]]*\] "GET /MAAS/rpc/? HTTP/1\.[01]" 200 .*)$'
+    # The web server's access line for every successful discovery poll, and
+    # for every scrape of the metrics.
+    r'|"[^"]*" - - \[[^]]*\] "GET (/MAAS/rpc/?|/metrics) HTTP/1\.[01]" 200 .*)$'
 )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import resource
 import selectors
 import socket
 import statistics
@@ -261,7 +262,8 @@ class ProbeLog:
 
 class HostileRegion(harness.Region):
     """A region whose event-loops load ``hostileext.region:ProbeRegion``,
-    optionally under ``ulimit -n`` (``nofile``, soft and hard)."""
+    optionally with ``RLIMIT_NOFILE`` set to ``nofile`` (soft and hard, as
+    ``ulimit -n`` does; set with ``prlimit`` as soon as it starts)."""
 
     def __init__(
         self, processes: Any, *, nofile: int | None = None, **settings: str
@@ -270,26 +272,18 @@ class HostileRegion(harness.Region):
         self.nofile = nofile
 
     def env(self) -> dict[str, str]:
-        return withExt(
-            harness.childEnv(
-                **{
-                    "MAAS_RPC_DATA_DIR": str(self.dataDir),
-                    "MAAS_RPC_HTTP_PORT": str(self.httpPort),
-                    "MAAS_RPC_PORTS": "0",
-                    "MAAS_RPC_BIND": "127.0.0.1",
-                    "MAAS_RPC_STATUS": "1",
-                    "MAAS_RPC_REGION_PROTOCOL": "hostileext.region:ProbeRegion",
-                    **self.settings,
-                }
-            )
-        )
+        env = super().env()
+        env["MAAS_RPC_REGION_PROTOCOL"] = "hostileext.region:ProbeRegion"
+        return withExt(env)
 
     def startEventloop(self) -> Any:
-        argv = [sys.executable, "-m", "maasserver.cli", "eventloop"]
+        process = super().startEventloop()
         if self.nofile is not None:
-            # prlimit sets the limits, then execs: the PID is the event-loop's.
-            argv = ["prlimit", f"--nofile={self.nofile}:{self.nofile}", "--", *argv]
-        return self.processes.start("eventloop", argv, self.env())
+            # The event-loop raises its soft limit to the hard one at start:
+            # lower both, as ``ulimit -n`` does, before it opens much.
+            nofile = (self.nofile, self.nofile)
+            resource.prlimit(process.pid, resource.RLIMIT_NOFILE, nofile)
+        return process
 
 
 def startProbeCluster(

@@ -276,6 +276,9 @@ class Scale:
                 self.say(f"N={n}: failed: {error}; logs in {setup.bed.workdir}")
                 setup.bed.keep = True
             finally:
+                if os.environ.get("MAAS_RPC_BENCH_KEEP"):
+                    setup.bed.keep = True
+                    self.say(f"N={n}: kept {setup.bed.workdir}")
                 setup.close()
         self.results["errors"] = self.errors
         return self.results
@@ -349,9 +352,20 @@ class Scale:
         region1 = _Sample(eventloops)
         cluster1 = _Sample(clusters)
         connections = n * (WORKERS + 1)
-        count = setup.probe.request("count")
-        if count["clusters"] != n:
-            raise RuntimeError(f"the probe has {count['clusters']} clusters, not {n}")
+        # The region side: every cluster in the probe's rotation too.
+        try:
+            waitUntil(
+                lambda: setup.probe.request("count")["clusters"] == n,
+                f"{n} clusters in the probe's rotation",
+                30,
+                0.1,
+            )
+        except TimeoutError:
+            count = setup.probe.request("count")
+            raise RuntimeError(
+                f"the probe has {count['clusters']} clusters "
+                f"({count['connections']} connections), not {n}"
+            ) from None
         result = {
             "seconds": t1 - t0,
             "cpuRegionMs": region1.cpuSince(region0) / connections * 1000,

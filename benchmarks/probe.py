@@ -131,10 +131,8 @@ def main() -> int:
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    from benchmarks.worker import _beginLogging
     from maasserver import eventloop
 
-    _beginLogging()
     eventloop.start().wait(120)
     probe = Probe()
     out = sys.stdout

@@ -514,8 +514,7 @@ class Scale:
         }
         self.say(
             f"N={setup.n}: steady: {httpRate:.1f} discovery req/s, "
-            f"{result['discoveryCorePercent']:.2f} % of a core on them, region "
-            f"{result['regionCorePercent']:.2f} % in all"
+            f"{result['discoveryCorePercent']:.2f} % of a core on them"
         )
         return result
 

@@ -57,7 +57,7 @@ class Options(usage.Options):
         settings.warnUnknown(os.environ, "maas-regiond", sys.stderr)
         try:
             given = settings.optionOverrides(self, "region")
-            self["config"] = RegionConfig.from_env(**given)
+            self["config"] = RegionConfig.from_env(None, **given)
             self["protocolClass"] = loadRegionProtocol(self["config"])
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None

@@ -87,7 +87,7 @@ class Options(usage.Options):
         settings.warnUnknown(os.environ, "maas-clusterd", sys.stderr)
         try:
             given = settings.optionOverrides(self, "cluster")
-            self["config"] = ClusterConfig.from_env(**given)
+            self["config"] = ClusterConfig.from_env(None, **given)
             self["protocolClass"] = loadClusterProtocol({**os.environ, **given})
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None

@@ -37,6 +37,9 @@ Variables (command-line flags mirror them and take precedence):
     :mod:`provisioningserver.rpc.tls`); all three or none.
 ``MAAS_RPC_MAX_*``
     Limits per peer (see :mod:`provisioningserver.rpc.limits`).
+``MAAS_RPC_ALLOW_LEGACY_PEERS``
+    ``1`` to accept clusters that do not offer the secure channel (MAAS
+    clusters), with MAAS's plain, unencrypted handshake; default ``0``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from pathlib import Path
 from provisioningserver.config import (
     ConfigError,
     default_data_dir,
+    env_bool,
     env_float,
     env_int,
     parse_ports,
@@ -82,6 +86,8 @@ class RegionConfig:
         plain TCP.
     :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
         to each cluster connection.
+    :ivar allow_legacy_peers: whether clusters that do not offer the secure
+        channel are accepted.
     """
 
     data_dir: Path
@@ -96,6 +102,7 @@ class RegionConfig:
     idle_timeout: float = 90.0
     tls: TLSConfig | None = None
     limits: Limits = field(default_factory=Limits)
+    allow_legacy_peers: bool = False
 
     @property
     def secret_path(self) -> Path:
@@ -161,4 +168,5 @@ class RegionConfig:
             idle_timeout=env_float(env, "MAAS_RPC_IDLE_TIMEOUT", 90.0),
             tls=TLSConfig.from_env(env, REGION_ROLE),
             limits=Limits.from_env(env),
+            allow_legacy_peers=env_bool(env, "MAAS_RPC_ALLOW_LEGACY_PEERS"),
         )

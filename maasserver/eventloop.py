@@ -136,7 +136,14 @@ class RegionEventLoop:
             limits=config.limits,
             tls=config.tls,
             idleTimeout=config.idle_timeout,
+            allowLegacyPeers=config.allow_legacy_peers,
         )
+        if config.allow_legacy_peers:
+            log.warn(
+                "MAAS_RPC_ALLOW_LEGACY_PEERS is set: clusters that do not offer "
+                "the secure channel (MAAS clusters) are accepted over plain, "
+                "unencrypted TCP with MAAS's handshake."
+            )
         rpc.setServiceParent(self.services)
         advertise = RegionAdvertisingService(
             store,

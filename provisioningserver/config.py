@@ -32,6 +32,9 @@ Variables a cluster reads (see :class:`ClusterConfig`):
     all three or none.
 ``MAAS_RPC_MAX_OUTSTANDING``, ``MAAS_RPC_MAX_UNSENT``
     Limits per connection (see :mod:`provisioningserver.rpc.limits`).
+``MAAS_RPC_ALLOW_LEGACY_PEERS``
+    ``1`` to accept region event-loops that do not offer the secure channel
+    (MAAS regions), with MAAS's plain, unencrypted handshake; default ``0``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "default_data_dir",
+    "env_bool",
     "env_float",
     "env_int",
     "get_or_create_cluster_uuid",
@@ -103,6 +107,26 @@ def env_float(
     if positive and value <= 0:
         raise ConfigError(f"{name}={text!r} must be greater than zero")
     return value
+
+
+def env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """Read a yes/no setting from the environment.
+
+    :param environ: the environment.
+    :param name: the variable.
+    :param default: the value when the variable is unset or empty.
+    :return: the value.
+    :raises ConfigError: when the value is not one of ``1``, ``0``,
+        ``yes``, ``no``, ``true``, ``false``, ``on``, ``off``.
+    """
+    text = environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "yes", "true", "on"):
+        return True
+    if text in ("0", "no", "false", "off"):
+        return False
+    raise ConfigError(f"{name}={text!r} is not 1 or 0")
 
 
 def env_int(
@@ -228,6 +252,8 @@ class ClusterConfig:
         plain TCP.
     :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
         to each connection.
+    :ivar allow_legacy_peers: whether region event-loops that do not offer
+        the secure channel are accepted.
     """
 
     maas_url: str
@@ -243,6 +269,7 @@ class ClusterConfig:
     keepalive_timeout: float = 10.0
     tls: Any = None
     limits: Any = None
+    allow_legacy_peers: bool = False
 
     @classmethod
     def from_env(
@@ -299,4 +326,5 @@ class ClusterConfig:
             keepalive_timeout=env_float(env, "MAAS_RPC_KEEPALIVE_TIMEOUT", 10.0),
             tls=TLSConfig.from_env(env, CLUSTER_ROLE),
             limits=Limits.from_env(env),
+            allow_legacy_peers=env_bool(env, "MAAS_RPC_ALLOW_LEGACY_PEERS"),
         )

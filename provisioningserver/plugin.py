@@ -129,7 +129,16 @@ def makeClusterService(config: ClusterConfig, protocol: Any = None) -> MultiServ
         limits=config.limits,
         keepaliveInterval=config.keepalive_interval,
         keepaliveTimeout=config.keepalive_timeout,
+        allowLegacyPeers=config.allow_legacy_peers,
     )
+    if config.allow_legacy_peers:
+        from twisted.logger import Logger
+
+        Logger().warn(
+            "MAAS_RPC_ALLOW_LEGACY_PEERS is set: region event-loops that do not "
+            "offer the secure channel (MAAS regions) are accepted over plain, "
+            "unencrypted TCP with MAAS's handshake."
+        )
     rpc.setServiceParent(services)
     return services
 

@@ -33,16 +33,24 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from provisioningserver.rpc.common import Client, RPCProtocol, peerAddress, shorten
+from provisioningserver.rpc import observers
+from provisioningserver.rpc.common import (
+    Client,
+    RPCProtocol,
+    peerAddress,
+    refuseStartTLS,
+    releaseFailure,
+)
 from provisioningserver.rpc.exceptions import (
     AuthenticationFailed,
     CannotRegisterCluster,
+    ChallengeRefused,
+    LegacyPeerRefused,
     NoConnectionsAvailable,
 )
 from provisioningserver.rpc.handshake import (
     REGION,
     HandshakeDeadline,
-    ReflectedChallenge,
     answerChallenge,
     challengePeer,
 )
@@ -50,6 +58,7 @@ from provisioningserver.rpc.limits import DEFAULT_LIMITS, Limits
 from provisioningserver.rpc.region import Authenticate, Identify, Ping, Register
 from provisioningserver.rpc.tls import TLSConfig
 from provisioningserver.twisted.protocols import amp
+from provisioningserver.utils.text import printable
 from provisioningserver.utils.twisted import DeferredValue
 
 __all__ = [
@@ -89,13 +98,16 @@ class Region(RPCProtocol):
 
     __slots__ = ("service",)
 
-    #: The region answers the cluster's ``StartTLS`` when TLS is configured.
-    answersStartTLS = True
-
     def __init__(self, service: RegionService) -> None:
         super().__init__(limits=service.limits)
         self.service = service
         self.tls = service.tls
+        self.clock = service.clock
+        self.allowLegacyPeers = service.allowLegacyPeers
+
+    #: TLS is set up by the secure channel, before anything else: AMP's
+    #: ``StartTLS`` is refused.
+    refuseStartTLS = amp.StartTLS.responder(refuseStartTLS)
 
     @Identify.responder
     def identify(self) -> dict[str, str]:
@@ -111,11 +123,20 @@ class Region(RPCProtocol):
 
         :param message: the cluster's challenge.
         :return: ``digest`` and ``salt``.
+        :raises ChallengeRefused: for a challenge this side will not answer
+            (see :mod:`provisioningserver.rpc.handshake`); the connection is
+            then closed.
         """
         try:
-            return answerChallenge(self.service.secret, message, REGION)
-        except ReflectedChallenge as error:
-            self._reflected(error)
+            return answerChallenge(self.service.secret, message, REGION, self.proof())
+        except ChallengeRefused as error:
+            log.warn(
+                "Refused to answer a challenge from {peer}: {error}; closing "
+                "the connection.",
+                peer=peerAddress(self),
+                error=error,
+            )
+            self.closeAfterReply()
             raise
 
     @Ping.responder
@@ -147,18 +168,25 @@ class Region(RPCProtocol):
         raise CannotRegisterCluster("this protocol does not register clusters")
 
 
+#: The longest ``ident`` a cluster may give (a UUID is 36 characters).
+_MAX_IDENT = 255
+
+
 class RegionServer(Region):
     """One accepted connection from a cluster.
 
-    On connection it runs the region's half of the handshake: it calls the
+    First the secure channel (:mod:`provisioningserver.rpc.channel`): the
+    region waits for the cluster's ``SecureChannel``, and both start TLS; a
+    cluster that does not offer it is refused unless legacy peers are
+    allowed. Then the region's half of the handshake: it calls the
     cluster's ``Identify`` (learning its UUID) and ``Authenticate`` (checking
     the digest). The cluster meanwhile checks the region and then calls
     ``Register``; a ``Register`` that arrives before the region's check has
-    finished waits for it. Once both are done the connection enters the
-    service's rotation under the cluster's UUID. A failed check, a refused
-    registration, or a handshake that takes longer than the service's
-    handshake timeout drops the connection and logs why, with the peer's
-    address.
+    finished waits for it (one at a time). Once both are done the connection
+    enters the service's rotation under the cluster's UUID. A failed check,
+    a refused registration, or a handshake that takes longer than the
+    service's handshake timeout drops the connection and logs why, with the
+    peer's address.
 
     :ivar ident: the cluster's UUID once identified.
     :ivar authenticated: a :class:`DeferredValue` set to ``True`` or ``False``
@@ -166,10 +194,12 @@ class RegionServer(Region):
     :ivar registered: whether the connection is in rotation.
     """
 
+    channelRole = "server"
+
     #: Until the cluster has authenticated and registered, only these are
     #: dispatched.
     handshakeCommands = frozenset(
-        cmd.commandName for cmd in (Identify, Authenticate, Register, amp.StartTLS)
+        cmd.commandName for cmd in (Identify, Authenticate, Register)
     )
 
     __slots__ = (
@@ -183,6 +213,8 @@ class RegionServer(Region):
         "_deadline",
         "_failureLogged",
         "_peer",
+        "_registering",
+        "_heldBytes",
     )
 
     def __init__(self, service: RegionService) -> None:
@@ -191,6 +223,8 @@ class RegionServer(Region):
         self.registered = False
         self._deadline: HandshakeDeadline | None = None
         self._failureLogged = False
+        self._registering = False
+        self._heldBytes = 0
         # The address counted against the unauthenticated-connection limit,
         # until the handshake completes.
         self._admittedFrom: str | None = None
@@ -207,6 +241,16 @@ class RegionServer(Region):
         """
         self.lastHeard = self.service.clock.seconds()
         super().dataReceived(data)
+        if self._admittedFrom is not None and not self._lost:
+            held = len(self._buffer) + self._boxBytes
+            if held != self._heldBytes and not self.service._holding(self, held):
+                log.warn(
+                    "Connections in the handshake hold more than {limit} bytes; "
+                    "dropping the one from {peer}.",
+                    limit=self.limits.maxUnauthenticatedBytesTotal,
+                    peer=peerAddress(self),
+                )
+                self.abort()
 
     def connectionMade(self) -> None:
         """Start the handshake and its deadline."""
@@ -214,6 +258,7 @@ class RegionServer(Region):
         self.lastHeard = self.service.clock.seconds()
         self.service.live.add(self)
         self._peer = peerAddress(self)
+        observers.connectionChanged("region", "handshake", 1)
         self._deadline = HandshakeDeadline(
             self,
             self.service.handshakeTimeout,
@@ -224,32 +269,57 @@ class RegionServer(Region):
         d.addErrback(self._checkFailed)
 
     async def _checkCluster(self) -> None:
-        if self.tls is not None:
-            # Nothing but StartTLS until TLS is up with a cluster certificate.
-            await self._tlsReady().get()
+        await self.channelReady.get()
         response = await self.callRemote(Identify)
-        self.ident = response["ident"]
-        if not await challengePeer(self, self.service.secret, REGION):
+        ident = response["ident"]
+        if not ident or len(ident) > _MAX_IDENT:
             raise AuthenticationFailed(
-                f"cluster {self.ident} gave a wrong digest: it does not know "
-                "the shared secret"
+                f"the cluster identified itself as {printable(ident)!r}, which "
+                "is not a cluster UUID"
+            )
+        self.ident = ident
+        if not await challengePeer(self, self.service.secret, REGION, self.proof()):
+            raise AuthenticationFailed(
+                f"cluster {printable(ident)} gave a wrong digest: it does not "
+                "know the shared secret"
             )
         self.authenticated.set(True)
 
+    def legacyRefused(self) -> None:
+        """A legacy cluster was refused: count it, and say so once."""
+        self._failureLogged = True
+        observers.handshakeFailed("region", "legacy-refused")
+
     def _checkFailed(self, failure: Failure) -> None:
+        try:
+            self._reportCheckFailure(failure)
+        finally:
+            releaseFailure(failure)
+
+    def _reportCheckFailure(self, failure: Failure) -> None:
         if not self.authenticated.isSet:
             self.authenticated.set(False)
-        if not self.isConnected():
-            return  # Lost while checking; connectionLost logs that.
+        if not self.isConnected() or failure.check(LegacyPeerRefused):
+            return  # Lost while checking (connectionLost says so), or refused.
         self._failureLogged = True
         if failure.check(AuthenticationFailed):
+            observers.handshakeFailed("region", "wrong-secret")
             log.error(
                 "Authentication of cluster at {peer} failed: {error}; dropping "
                 "the connection.",
                 peer=peerAddress(self),
                 error=failure.value,
             )
+        elif failure.check(amp.AmpError, ConnectionError):
+            observers.handshakeFailed("region", "protocol")
+            log.warn(
+                "Handshake with cluster at {peer} failed: {error}; dropping the "
+                "connection.",
+                peer=peerAddress(self),
+                error=printable(failure.getErrorMessage(), 200),
+            )
         else:
+            observers.handshakeFailed("region", "protocol")
             log.failure(
                 "Handshake with cluster at {peer} failed; dropping the connection.",
                 failure,
@@ -277,8 +347,15 @@ class RegionServer(Region):
         :param ip_addr_json: the cluster's addresses as JSON.
         :return: a Deferred firing ``{}``.
         :raises CannotRegisterCluster: when the cluster failed
-            authentication, or ``uuid`` differs from its ``Identify`` answer.
+            authentication, ``uuid`` differs from its ``Identify`` answer, or
+            another ``Register`` from it is still pending.
         """
+        if self._registering or self.registered:
+            self.closeAfterReply()
+            raise CannotRegisterCluster(
+                "this connection has already asked to register; refusing"
+            )
+        self._registering = True
         self.networks = networks
         self.url = url
         self.ip_addr_json = ip_addr_json
@@ -294,12 +371,12 @@ class RegionServer(Region):
                 "Cluster at {peer} identified itself as {ident} but asked to "
                 "register as {uuid}; refusing.",
                 peer=peerAddress(self),
-                ident=shorten(str(self.ident).encode("utf-8")),
-                uuid=shorten(uuid.encode("utf-8")),
+                ident=printable(str(self.ident)),
+                uuid=printable(uuid),
             )
-            # Dropped once the refusal has been sent.
+            observers.handshakeFailed("region", "refused-registration")
             self._failureLogged = True
-            self._dropAfterAnswer = True
+            self.closeAfterReply()
             raise CannotRegisterCluster(
                 f"UUID {uuid} is not the identity {self.ident} this connection gave"
             )
@@ -312,8 +389,13 @@ class RegionServer(Region):
         self.peerAuthenticated = True
         self.service._releaseUnauthenticated(self)
         self.service._addConnectionFor(uuid, self)
+        observers.connectionChanged("region", "handshake", -1)
+        observers.connectionChanged("region", "authenticated", 1)
         log.info(
-            "Cluster {uuid} at {peer} registered.", uuid=uuid, peer=peerAddress(self)
+            "Cluster {uuid} at {peer} registered ({mode}).",
+            uuid=uuid,
+            peer=peerAddress(self),
+            mode=self.mode,
         )
         return {}
 
@@ -325,22 +407,47 @@ class RegionServer(Region):
         if self._deadline is not None:
             self._deadline.done()
             quiet = self.registered or self._failureLogged or self._deadline.expired
+            if self._deadline.expired:
+                observers.handshakeFailed("region", "timeout")
             if not quiet:
-                log.warn(
-                    "Cluster {ident} at {peer} disconnected before completing "
-                    "the handshake; a cluster hangs up when the region's digest "
-                    "is wrong, so check that both have the same shared secret.",
-                    ident=self.ident or "(unidentified)",
-                    peer=self._peer,
-                )
+                self._logEarlyHangUp()
         if not self.authenticated.isSet:
             self.authenticated.set(False)
         self.service._releaseUnauthenticated(self)
         self.service.live.discard(self)
         if self.registered:
             self.registered = False
+            observers.connectionChanged("region", "authenticated", -1)
             self.service._removeConnectionFor(self.ident, self)
+        else:
+            observers.connectionChanged("region", "handshake", -1)
         super().connectionLost(reason)
+
+    def _logEarlyHangUp(self) -> None:
+        ident = printable(self.ident) if self.ident else "(unidentified)"
+        if self.lastRefused is not None:
+            log.warn(
+                "Cluster {ident} at {peer} disconnected before completing the "
+                "handshake, after {n} of its commands (the last {command}) were "
+                "refused because it had not completed the handshake.",
+                ident=ident,
+                peer=self._peer,
+                n=self.refused,
+                command=printable(self.lastRefused),
+            )
+        elif self.mode is None:
+            log.warn(
+                "Peer at {peer} disconnected before the secure channel was up.",
+                peer=self._peer,
+            )
+        else:
+            log.warn(
+                "Cluster {ident} at {peer} disconnected before completing the "
+                "handshake; a cluster hangs up when the region's digest is "
+                "wrong, so check that both have the same shared secret.",
+                ident=ident,
+                peer=self._peer,
+            )
 
 
 class _RegionFactory(Factory):
@@ -393,6 +500,12 @@ class RegionService(Service):
         ``None``.
     :param idleTimeout: seconds after which a connection the region has
         heard nothing from (clusters ping every 30 s by default) is dropped.
+    :param allowLegacyPeers: accept clusters that do not offer the secure
+        channel (MAAS clusters), with MAAS's plain handshake
+        (``MAAS_RPC_ALLOW_LEGACY_PEERS``); refused when ``False``.
+    :param backlog: the listening socket's backlog: connections the kernel
+        queues before the event-loop accepts them (many clusters connect at
+        once when a region starts).
 
     :ivar connections: UUID → set of :class:`RegionServer` (in rotation).
     :ivar live: every open connection, in rotation or still in the
@@ -416,13 +529,21 @@ class RegionService(Service):
         limits: Limits | None = None,
         tls: TLSConfig | None = None,
         idleTimeout: float = 90.0,
+        allowLegacyPeers: bool = False,
+        backlog: int = 1024,
     ) -> None:
         self.secret = secret
         self.tls = tls
+        self.allowLegacyPeers = allowLegacyPeers
+        self.backlog = backlog
+        self._statusCall: Any = None
         self.idleTimeout = idleTimeout
         self._sweeper: Any = None
         self.limits = limits if limits is not None else DEFAULT_LIMITS
         self._unauthenticated: Counter[str] = Counter()
+        self._unauthenticatedTotal = 0
+        #: Bytes buffered by connections still in the handshake, together.
+        self.unauthenticatedBytes = 0
         self._eventloop = eventloop
         self.ports = list(ports)
         self.interface = interface
@@ -473,7 +594,7 @@ class RegionService(Service):
         for port in self.ports:
             try:
                 self._port = self.clock.listenTCP(
-                    port, factory, interface=self.interface
+                    port, factory, backlog=self.backlog, interface=self.interface
                 )
             except CannotListenError:
                 continue
@@ -510,6 +631,9 @@ class RegionService(Service):
             for waiter in list(waiters):
                 waiter.cancel()
         self.waiters.clear()
+        if self._statusCall is not None and self._statusCall.active():
+            self._statusCall.cancel()
+        self._statusCall = None
         if self.statusPath is not None:
             self.statusPath.unlink(missing_ok=True)
         return defer.DeferredList(waits).addCallback(lambda _: None)
@@ -540,15 +664,25 @@ class RegionService(Service):
 
     def _admitUnauthenticated(self, host: str) -> bool:
         limit = self.limits.maxUnauthenticatedPerAddress
+        total = self.limits.maxUnauthenticatedTotal
         if self._unauthenticated[host] >= limit:
             log.warn(
                 "Refused a connection from {host}: {limit} connections from it "
                 "are already in the handshake.",
-                host=host,
+                host=printable(host),
                 limit=limit,
             )
             return False
+        if self._unauthenticatedTotal >= total:
+            log.warn(
+                "Refused a connection from {host}: {limit} connections are "
+                "already in the handshake (MAAS_RPC_MAX_UNAUTHENTICATED_TOTAL).",
+                host=printable(host),
+                limit=total,
+            )
+            return False
         self._unauthenticated[host] += 1
+        self._unauthenticatedTotal += 1
         return True
 
     def _releaseUnauthenticated(self, conn: RegionServer) -> None:
@@ -556,9 +690,22 @@ class RegionService(Service):
         if host is None:
             return
         conn._admittedFrom = None
+        self.unauthenticatedBytes -= conn._heldBytes
+        conn._heldBytes = 0
+        self._unauthenticatedTotal -= 1
         self._unauthenticated[host] -= 1
         if self._unauthenticated[host] <= 0:
             del self._unauthenticated[host]
+
+    def _holding(self, conn: RegionServer, held: int) -> bool:
+        """Account for what a connection in the handshake holds.
+
+        :return: ``False`` when all such connections together would hold
+            more than the budget (the connection is then dropped).
+        """
+        self.unauthenticatedBytes += held - conn._heldBytes
+        conn._heldBytes = held
+        return self.unauthenticatedBytes <= self.limits.maxUnauthenticatedBytesTotal
 
     # Rotation.
 
@@ -582,6 +729,15 @@ class RegionService(Service):
         self._writeStatus()
 
     def _writeStatus(self) -> None:
+        # Coalesced: a thousand clusters registering at once cost one write,
+        # not a thousand writes of a growing file.
+        if self.statusPath is None or not self.running:
+            return
+        if self._statusCall is None or not self._statusCall.active():
+            self._statusCall = self.clock.callLater(0.2, self._writeStatusNow)
+
+    def _writeStatusNow(self) -> None:
+        self._statusCall = None
         if self.statusPath is None or not self.running:
             return
         status = {

@@ -41,6 +41,7 @@ __all__ = [
     "AlreadyIterated",
     "DeferredHooks",
     "GatherResults",
+    "IteratorReusedError",
     "UseOnceIterator",
     "gather",
 ]
@@ -61,6 +62,12 @@ def _resolveReactor(reactor: Any) -> Any:
 
 class AlreadyIterated(RuntimeError):
     """Raised when a :class:`UseOnceIterator` is iterated a second time."""
+
+
+#: MAAS's name for :class:`AlreadyIterated` (MAAS defines it in
+#: ``maasserver.exceptions`` and imports it into this module), so that
+#: ``except IteratorReusedError`` written against MAAS catches it here.
+IteratorReusedError = AlreadyIterated
 
 
 class UseOnceIterator(Iterator[T]):

@@ -27,17 +27,26 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from provisioningserver.cheese import rate_cheese
+from provisioningserver.rpc import observers
+from provisioningserver.rpc.client import peerLacksCommand
 from provisioningserver.rpc.cluster import Authenticate, EatCheez, Identify
-from provisioningserver.rpc.common import Client, RPCProtocol, peerAddress
+from provisioningserver.rpc.common import (
+    Client,
+    RPCProtocol,
+    peerAddress,
+    refuseStartTLS,
+    releaseFailure,
+)
 from provisioningserver.rpc.exceptions import (
     AuthenticationFailed,
+    ChallengeRefused,
+    LegacyPeerRefused,
     NoConnectionsAvailable,
     RegistrationFailed,
 )
 from provisioningserver.rpc.handshake import (
     CLUSTER,
     HandshakeDeadline,
-    ReflectedChallenge,
     answerChallenge,
     challengePeer,
 )
@@ -45,6 +54,7 @@ from provisioningserver.rpc.limits import DEFAULT_LIMITS, Limits
 from provisioningserver.rpc.region import Ping, Register
 from provisioningserver.rpc.tls import TLSConfig
 from provisioningserver.twisted.protocols import amp
+from provisioningserver.utils.text import printable
 from provisioningserver.utils.twisted import DeferredValue
 
 __all__ = [
@@ -110,6 +120,12 @@ class Cluster(RPCProtocol):
         super().__init__(limits=service.limits)
         self.service = service
         self.tls = service.tls
+        self.clock = service.clock
+        self.allowLegacyPeers = service.allowLegacyPeers
+
+    #: TLS is set up by the secure channel, before anything else: AMP's
+    #: ``StartTLS`` is refused.
+    refuseStartTLS = amp.StartTLS.responder(refuseStartTLS)
 
     @Identify.responder
     def identify(self) -> dict[str, str]:
@@ -126,11 +142,20 @@ class Cluster(RPCProtocol):
 
         :param message: the region's challenge.
         :return: ``digest`` and ``salt``.
+        :raises ChallengeRefused: for a challenge this side will not answer
+            (see :mod:`provisioningserver.rpc.handshake`); the connection is
+            then closed.
         """
         try:
-            return answerChallenge(self.service.secret, message, CLUSTER)
-        except ReflectedChallenge as error:
-            self._reflected(error)
+            return answerChallenge(self.service.secret, message, CLUSTER, self.proof())
+        except ChallengeRefused as error:
+            log.warn(
+                "Refused to answer a challenge from {peer}: {error}; closing "
+                "the connection.",
+                peer=peerAddress(self),
+                error=error,
+            )
+            self.closeAfterReply()
             raise
 
     @EatCheez.responder
@@ -148,28 +173,30 @@ class Cluster(RPCProtocol):
 class ClusterClient(Cluster):
     """One connection from this cluster to one region event-loop.
 
-    On connecting it calls the region's ``Authenticate`` and checks the
-    digest, then calls ``Register`` with the cluster's UUID (and the
-    ``MAAS_URL`` it used). Only then is it ready, and in the service's
-    rotation. A wrong digest, a refused registration, or a handshake slower
-    than the service's handshake timeout drops the connection, logged with
-    the reason.
+    On connecting it offers the secure channel
+    (:mod:`provisioningserver.rpc.channel`), then calls the region's
+    ``Authenticate`` and checks the digest, then calls ``Register`` with the
+    cluster's UUID (and the ``MAAS_URL`` it used). Only then is it ready,
+    and in the service's rotation. A region that does not offer the secure
+    channel is refused unless legacy peers are allowed. A wrong digest, a
+    refused registration, or a handshake slower than the service's
+    handshake timeout drops the connection, logged with the reason.
 
     :param service: the owning :class:`ClusterClientService`.
     :param eventloop: the name of the region event-loop this connects to.
     :param address: the ``(host, port)`` connected to.
 
-    :ivar ready: a :class:`DeferredValue` set to this connection once
-        authenticated and registered, or failed with the reason it is not.
+    :ivar ready: a :class:`DeferredValue` set to ``True`` once authenticated
+        and registered, or failed with the reason it is not.
     """
 
     __slots__ = ("eventloop", "address", "ready", "_deadline", "_keepalive")
 
+    channelRole = "client"
+
     #: Until the region has proved it knows the secret, only these are
     #: dispatched.
-    handshakeCommands = frozenset(
-        cmd.commandName for cmd in (Identify, Authenticate, amp.StartTLS)
-    )
+    handshakeCommands = frozenset(cmd.commandName for cmd in (Identify, Authenticate))
 
     def __init__(
         self,
@@ -188,27 +215,22 @@ class ClusterClient(Cluster):
     def connectionMade(self) -> None:
         """Start the handshake and its deadline."""
         super().connectionMade()
+        observers.connectionChanged("cluster", "handshake", 1)
         self._deadline = HandshakeDeadline(
             self,
             self.service.handshakeTimeout,
             self.service.clock,
-            f"Handshake with region event-loop {self.eventloop}",
+            f"Handshake with region event-loop {printable(self.eventloop)}",
         )
         d = Deferred.fromCoroutine(self._handshake())
         d.addCallbacks(self._handshakeDone, self._handshakeFailed)
 
     async def _handshake(self) -> None:
-        if self.tls is not None:
-            try:
-                await self.startTLSWithPeer()
-            except amp.RemoteAmpError as error:
-                raise AuthenticationFailed(
-                    f"region event-loop {self.eventloop} does not offer TLS: {error}"
-                ) from None
-        if not await challengePeer(self, self.service.secret, CLUSTER):
+        await self.openChannel()
+        if not await challengePeer(self, self.service.secret, CLUSTER, self.proof()):
             raise AuthenticationFailed(
-                f"region event-loop {self.eventloop} gave a wrong digest: it "
-                "does not know the shared secret"
+                f"region event-loop {printable(self.eventloop)} gave a wrong "
+                "digest: it does not know the shared secret"
             )
         self.peerAuthenticated = True
         try:
@@ -217,8 +239,8 @@ class ClusterClient(Cluster):
             )
         except Exception as error:
             raise RegistrationFailed(
-                f"region event-loop {self.eventloop} refused to register "
-                f"cluster {self.service.uuid}: {error}"
+                f"region event-loop {printable(self.eventloop)} refused to "
+                f"register cluster {self.service.uuid}: {error}"
             ) from error
 
     def _handshakeDone(self, _: Any) -> None:
@@ -228,12 +250,15 @@ class ClusterClient(Cluster):
         if not self.isConnected():
             return
         log.info(
-            "Connected to region event-loop {eventloop} at {peer}.",
-            eventloop=self.eventloop,
+            "Connected to region event-loop {eventloop} at {peer} ({mode}).",
+            eventloop=printable(self.eventloop),
             peer=peerAddress(self),
+            mode=self.mode,
         )
+        observers.connectionChanged("cluster", "handshake", -1)
+        observers.connectionChanged("cluster", "authenticated", 1)
         self.service._addConnection(self.eventloop, self)
-        self.ready.set(self)
+        self.ready.set(True)
         self._keepalive = _Keepalive.join(self)
 
     def _ping(self) -> Deferred[None]:
@@ -241,7 +266,7 @@ class ClusterClient(Cluster):
         d = self.callRemote(Ping).addTimeout(timeout, self.service.clock)
 
         def failed(failure: Failure) -> None:
-            if failure.check(amp.UnhandledCommand):
+            if peerLacksCommand(failure.value):
                 return  # An older region without Ping: it answered, so alive.
             if not self.isConnected():
                 return
@@ -249,29 +274,46 @@ class ClusterClient(Cluster):
                 "Region event-loop {eventloop} at {peer} did not answer a "
                 "keepalive within {timeout} seconds ({error}); dropping the "
                 "connection.",
-                eventloop=self.eventloop,
+                eventloop=printable(self.eventloop),
                 peer=peerAddress(self),
                 timeout=timeout,
-                error=failure.getErrorMessage(),
+                error=printable(failure.getErrorMessage(), 200),
             )
             self.abort()
 
         return d.addCallbacks(lambda _: None, failed)
 
     def _handshakeFailed(self, failure: Failure) -> None:
+        try:
+            self._reportHandshakeFailure(failure)
+        finally:
+            releaseFailure(failure)
+
+    def _reportHandshakeFailure(self, failure: Failure) -> None:
         if self._deadline is not None:
             self._deadline.done()
+            if self._deadline.expired:
+                observers.handshakeFailed("cluster", "timeout")
+            self._deadline = None
         if not self.ready.isSet:
             self.ready.fail(failure)
             self.ready.get().addErrback(lambda _: None)
         if not self.isConnected():
             return
-        if failure.check(AuthenticationFailed, RegistrationFailed):
+        if failure.check(LegacyPeerRefused):
+            observers.handshakeFailed("cluster", "legacy-refused")
+        elif failure.check(RegistrationFailed):
+            observers.handshakeFailed("cluster", "refused-registration")
+        elif failure.check(AuthenticationFailed):
+            observers.handshakeFailed("cluster", "wrong-secret")
+        else:
+            observers.handshakeFailed("cluster", "protocol")
+        if failure.check(AuthenticationFailed, RegistrationFailed, amp.AmpError):
             log.error(
                 "Handshake with region at {peer} failed: {error}; dropping the "
                 "connection.",
                 peer=peerAddress(self),
-                error=failure.value,
+                error=printable(failure.getErrorMessage(), 300),
             )
         else:
             log.failure(
@@ -288,13 +330,18 @@ class ClusterClient(Cluster):
         """
         if self._deadline is not None:
             self._deadline.done()
+            self._deadline = None
         if self._keepalive is not None:
             self._keepalive.leave(self)
             self._keepalive = None
+        wasReady = self.ready.isSet and self.ready.value is True
         super().connectionLost(reason)
         if not self.ready.isSet:
             self.ready.fail(reason)
             self.ready.get().addErrback(lambda _: None)
+        observers.connectionChanged(
+            "cluster", "authenticated" if wasReady else "handshake", -1
+        )
         self.service._removeConnection(self.eventloop, self)
 
 
@@ -399,6 +446,9 @@ class ClusterClientService(Service):
     :param randomness: a source of uniform numbers in [0, 1) for the jitter
         of poll delays; :func:`random.random` when ``None`` (a test passes a
         constant).
+    :param allowLegacyPeers: accept region event-loops that do not offer the
+        secure channel (MAAS regions), with MAAS's plain handshake
+        (``MAAS_RPC_ALLOW_LEGACY_PEERS``); refused when ``False``.
 
     :ivar connections: event-loop name → its ready :class:`ClusterClient`.
     :ivar handshaking: connections still in the handshake.
@@ -424,8 +474,10 @@ class ClusterClientService(Service):
         keepaliveInterval: float = 30.0,
         keepaliveTimeout: float = 10.0,
         randomness: Callable[[], float] | None = None,
+        allowLegacyPeers: bool = False,
     ) -> None:
         self.maasURL = maasURL.rstrip("/")
+        self.allowLegacyPeers = allowLegacyPeers
         self.tls = tls
         self.limits = limits if limits is not None else DEFAULT_LIMITS
         self.secret = secret
@@ -505,14 +557,14 @@ class ClusterClientService(Service):
             raise NoConnectionsAvailable(
                 "this cluster is not connected to any region event-loop"
             )
-        return Client(random.choice(conns), clock=self._reactor)
+        return Client(random.choice(conns))
 
     def getAllClients(self) -> list[Client]:
         """Return a client for every connected region event-loop.
 
         :return: a list of :class:`~provisioningserver.rpc.common.Client`.
         """
-        return [Client(conn, clock=self._reactor) for conn in self.connections.values()]
+        return [Client(conn) for conn in self.connections.values()]
 
     # Polling.
 
@@ -650,7 +702,8 @@ class ClusterClientService(Service):
                 continue
             self.handshaking[proto] = None
             try:
-                return await proto.ready.get()
+                await proto.ready.get()
+                return proto
             except defer.CancelledError:
                 proto.abort()  # Stopped mid-handshake: leave nothing open.
                 raise

@@ -1,30 +1,36 @@
-"""A faster codec for AMP, producing exactly stock AMP's bytes.
+"""Precompiled argument converters for the common path.
 
 Stock AMP turns each call into a ``Command`` instance, copies its arguments
-twice, and looks every argument's converter up again; on the wire side it
-parses one length-prefixed string at a time through a state machine. For
-commands whose arguments are AMP's plain types, this module precomputes the
-converters once per command (:func:`specFor`) and serialises boxes in one
-pass (:func:`serializeBox`); :class:`~provisioningserver.rpc.common.RPCProtocol`
-uses both on its common path and parses boxes in one loop. Anything else
-(other argument types, optional arguments left out, positional arguments)
-takes stock AMP's path. The bytes on the wire are the same either way; a
-conformance test compares them with stock AMP's.
+twice and looks every argument's converter up again, on both sides. For a
+command that uses none of AMP's hooks, the same conversions can be prepared
+once: :func:`specFor` returns a :class:`CommandSpec` that encodes and decodes
+exactly as stock AMP would (it calls the very same ``toString`` /
+``fromString`` methods, in the declared order, and raises the same
+exceptions), or ``None`` when the command must take stock AMP's path.
+
+A command takes stock AMP's path when it
+
+* has an argument or response of any type but AMP's plain ones (``String``,
+  ``Unicode``, ``Integer``, ``Float``, ``Boolean``, ``Path``; exact types, as
+  a subclass may override anything);
+* overrides one of ``Command``'s classmethods (``makeArguments``,
+  ``parseArguments``, ``makeResponse``, ``parseResponse``), its constructor
+  or ``_doCommand``;
+* uses a special ``commandType`` or ``responseType`` (``StartTLS``,
+  ``ProtocolSwitchCommand``), or does not require an answer.
+
+The decision is made once per command class and remembered.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import Any
 
-from twisted.protocols.amp import _wireNameToPythonIdentifier
-
+from provisioningserver.rpc.twistedprivate import wireNameToPythonIdentifier
 from provisioningserver.twisted.protocols import amp
 
-__all__ = ["CommandSpec", "serializeBox", "specFor"]
-
-_pack = struct.Struct(">H").pack
+__all__ = ["CommandSpec", "specFor"]
 
 #: Argument types whose conversion does not depend on the protocol, so they
 #: can be precompiled. Exact types only: a subclass may override anything.
@@ -32,46 +38,9 @@ _PLAIN = frozenset(
     {amp.Unicode, amp.String, amp.Integer, amp.Boolean, amp.Float, amp.Path}
 )
 
-_keyPrefixes: dict[bytes, bytes] = {}
-
-
-def _keyPrefix(key: bytes) -> bytes:
-    prefix = _keyPrefixes.get(key)
-    if prefix is None:
-        if type(key) is not bytes:
-            raise TypeError(f"Unicode key not allowed: {key!r}")
-        if len(key) > amp.MAX_KEY_LENGTH:
-            raise amp.TooLong(True, True, key, None)
-        prefix = _pack(len(key)) + key
-        if len(_keyPrefixes) < 4096:
-            _keyPrefixes[key] = prefix
-    return prefix
-
-
-def serializeBox(box: dict[bytes, bytes]) -> bytes:
-    """Serialise a box exactly as :meth:`amp.AmpBox.serialize` does.
-
-    :param box: keys and values, all :class:`bytes`.
-    :return: the wire encoding (keys in sorted order, then an empty key).
-    :raises TypeError: for a text key or value.
-    :raises amp.TooLong: for a key over 255 or a value over 65,535 bytes.
-    """
-    parts: list[bytes] = []
-    append = parts.append
-    for key in sorted(box):
-        value = box[key]
-        if type(value) is not bytes:
-            if isinstance(value, str):
-                raise TypeError(f"Unicode value for key {key!r} not allowed: {value!r}")
-            value = bytes(value)
-        if len(value) > amp.MAX_VALUE_LENGTH:
-            raise amp.TooLong(False, True, value, key)
-        append(_keyPrefix(key))
-        append(_pack(len(value)))
-        append(value)
-    append(b"\x00\x00")
-    return b"".join(parts)
-
+#: Command classmethods (and methods) whose override sends a command to
+#: stock AMP's path.
+_HOOKS = ("makeArguments", "parseArguments", "makeResponse", "parseResponse")
 
 #: One argument: (wire name, Python name, to bytes, from bytes, optional).
 Field = tuple[bytes, str, Callable[[Any], bytes], Callable[[bytes], Any], bool]
@@ -80,25 +49,47 @@ Field = tuple[bytes, str, Callable[[Any], bytes], Callable[[bytes], Any], bool]
 class CommandSpec:
     """A command's precompiled converters.
 
+    :param command: the command class (see :func:`specFor` for which
+        qualify).
+
     :ivar command: the command class.
+    :ivar name: its wire name.
     :ivar arguments: its arguments, as ``(wire name, Python name, to bytes,
-        from bytes, optional)`` tuples.
+        from bytes, optional)`` tuples, in declared order.
     :ivar response: its response, in the same form.
     :ivar names: the Python names of its arguments.
+    :ivar allErrors: the command's declared errors (class → wire code).
+    :ivar fatalErrors: those of them that close the connection.
+    :ivar reverseErrors: wire code → class.
     """
+
+    __slots__ = (
+        "command",
+        "name",
+        "arguments",
+        "response",
+        "names",
+        "allErrors",
+        "fatalErrors",
+        "reverseErrors",
+    )
 
     def __init__(self, command: type[amp.Command]) -> None:
         self.command = command
+        self.name = command.commandName
         self.arguments = self._fields(command.arguments)
         self.response = self._fields(command.response)
         self.names = frozenset(name for _, name, _, _, _ in self.arguments)
+        self.allErrors: dict[type, bytes] = command.allErrors  # type: ignore[attr-defined]
+        self.fatalErrors = command.fatalErrors
+        self.reverseErrors: dict[bytes, type] = command.reverseErrors  # type: ignore[attr-defined]
 
     @staticmethod
     def _fields(declared: list[tuple[bytes, amp.Argument]]) -> list[Field]:
         return [
             (
                 wire,
-                _wireNameToPythonIdentifier(wire),
+                wireNameToPythonIdentifier(wire),
                 argument.toString,
                 argument.fromString,
                 bool(argument.optional),
@@ -106,23 +97,42 @@ class CommandSpec:
             for wire, argument in declared
         ]
 
-    @staticmethod
-    def _encode(fields: list[Field], values: dict[str, Any]) -> dict[bytes, bytes]:
+    def encodeArguments(self, values: dict[str, Any]) -> dict[bytes, bytes] | None:
+        """Encode call arguments as stock AMP would, or say that stock AMP
+        must (so that it raises its own error).
+
+        :param values: the keyword arguments of a call.
+        :return: the box's argument keys, or ``None`` for an unknown name or
+            a missing (or ``None``) required argument.
+        :raises Exception: whatever an argument's ``toString`` raises, as
+            stock AMP would.
+        """
+        if not self.names.issuperset(values):
+            return None
         box: dict[bytes, bytes] = {}
-        for wire, name, toString, _, optional in fields:
-            value = values.get(name)
+        get = values.get
+        for wire, name, toString, _, optional in self.arguments:
+            value = get(name)
             if value is None:
                 if optional:
                     continue
-                raise KeyError(name)
+                return None
             box[wire] = toString(value)
         return box
 
-    @staticmethod
-    def _decode(fields: list[Field], box: dict[bytes, bytes]) -> dict[str, Any]:
+    def decodeArguments(self, box: dict[bytes, bytes]) -> dict[str, Any]:
+        """Decode a received call's arguments.
+
+        :param box: the received box.
+        :return: the keyword arguments for the responder (``None`` for an
+            optional argument left out).
+        :raises KeyError: when a required argument is missing.
+        :raises Exception: whatever an argument's ``fromString`` raises.
+        """
         values: dict[str, Any] = {}
-        for wire, name, _, fromString, optional in fields:
-            value = box.get(wire)
+        get = box.get
+        for wire, name, _, fromString, optional in self.arguments:
+            value = get(wire)
             if value is None:
                 if optional:
                     values[name] = None
@@ -131,77 +141,89 @@ class CommandSpec:
             values[name] = fromString(value)
         return values
 
-    def encodeArguments(self, values: dict[str, Any]) -> dict[bytes, bytes] | None:
-        """Encode call arguments, or say that stock AMP must.
+    def encodeResponse(self, values: dict[str, Any]) -> amp.AmpBox:
+        """Encode a responder's answer as stock AMP's ``makeResponse`` would.
 
-        :param values: the keyword arguments of a call.
-        :return: the box's argument keys, or ``None`` when the values need
-            stock AMP's handling (an unknown name, a missing argument), so
-            that it raises its own error.
+        :param values: what the responder returned.
+        :return: the answer box (without its ``_answer`` tag).
+        :raises Exception: when a value is missing or does not convert.
         """
-        if not self.names.issuperset(values):
-            return None
-        try:
-            return self._encode(self.arguments, values)
-        except KeyError:
-            return None
-
-    def decodeArguments(self, box: dict[bytes, bytes]) -> dict[str, Any]:
-        """Decode a received call's arguments.
-
-        :param box: the received box.
-        :return: the keyword arguments for the responder.
-        :raises KeyError: when a required argument is missing.
-        :raises ValueError: when a value does not parse.
-        """
-        return self._decode(self.arguments, box)
-
-    def encodeResponse(self, values: dict[str, Any]) -> dict[bytes, bytes]:
-        """Encode a responder's answer.
-
-        :param values: the dict the responder returned.
-        :return: the answer box's keys.
-        :raises KeyError: when a response value is missing.
-        """
-        return self._encode(self.response, values)
+        box = amp.AmpBox()
+        for wire, name, toString, _, optional in self.response:
+            if optional:
+                value = values.get(name)
+                if value is None:
+                    continue
+            else:
+                value = values[name]
+            box[wire] = toString(value)
+        return box
 
     def decodeResponse(self, box: dict[bytes, bytes]) -> dict[str, Any]:
-        """Decode a received answer.
+        """Decode a received answer as stock AMP's ``parseResponse`` would.
 
         :param box: the answer box.
         :return: the response dict.
-        :raises KeyError: when a response value is missing.
-        :raises ValueError: when a value does not parse.
+        :raises KeyError: when a required value is missing.
+        :raises Exception: whatever a value's ``fromString`` raises.
         """
-        return self._decode(self.response, box)
+        values: dict[str, Any] = {}
+        get = box.get
+        for wire, name, _, fromString, optional in self.response:
+            value = get(wire)
+            if value is None:
+                if optional:
+                    values[name] = None
+                    continue
+                raise KeyError(wire)
+            values[name] = fromString(value)
+        return values
 
 
 _specs: dict[type, CommandSpec | None] = {}
 
 
+def _overrides(command: type[amp.Command]) -> bool:
+    for hook in _HOOKS:
+        mine = getattr(command, hook).__func__
+        if mine is not getattr(amp.Command, hook).__func__:
+            return True
+    return (
+        command.__init__ is not amp.Command.__init__
+        or command._doCommand is not amp.Command._doCommand
+    )
+
+
 def specFor(command: type[amp.Command]) -> CommandSpec | None:
     """Return a command's precompiled spec, or ``None`` when stock AMP must
-    handle it.
+    handle it (see the module's documentation).
 
     :param command: a command class.
-    :return: its :class:`CommandSpec`, built once; ``None`` for commands with
-        argument or response types other than AMP's plain ones, or with a
-        special ``commandType``/``responseType`` (``StartTLS``).
+    :return: its :class:`CommandSpec`, built once, or ``None``.
     """
     try:
         return _specs[command]
     except KeyError:
         pass
+    except TypeError:
+        return None  # Not a class at all: stock AMP raises its own error.
     spec: CommandSpec | None = None
-    plain = all(
-        type(argument) in _PLAIN for _, argument in command.arguments + command.response
-    )
-    ordinary = (
-        command.commandType is amp.Box
-        and command.responseType is amp.Box
-        and command.requiresAnswer
-    )
-    if plain and ordinary:
+    try:
+        eligible = (
+            isinstance(command, type)
+            and issubclass(command, amp.Command)
+            and command.commandType is amp.Box
+            and command.responseType is amp.Box
+            and bool(command.requiresAnswer)
+            and all(
+                type(argument) in _PLAIN
+                for _, argument in (*command.arguments, *command.response)
+            )
+            and not _overrides(command)
+        )
+    except (AttributeError, TypeError, ValueError):
+        eligible = False
+    if eligible:
         spec = CommandSpec(command)
     _specs[command] = spec
     return spec

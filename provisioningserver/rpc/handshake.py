@@ -1,29 +1,35 @@
 """The authentication handshake's building blocks, used by both sides.
 
 Each side proves it knows the shared secret by answering the other's
-:class:`~provisioningserver.rpc.common.Authenticate` challenge (wire facts in
-the architecture documentation):
+:class:`~provisioningserver.rpc.common.Authenticate` challenge (wire facts
+in the architecture documentation):
 
-* the region, on accepting a connection, calls the cluster's ``Identify``
-  then ``Authenticate``, and checks the digest;
-* the cluster, on connecting, calls the region's ``Authenticate``, checks
-  it, then calls ``Register`` with its UUID.
+* the region, once the channel is up, calls the cluster's ``Identify`` then
+  ``Authenticate``, and checks the digest;
+* the cluster, once the channel is up, calls the region's ``Authenticate``,
+  checks it, then calls ``Register`` with its UUID.
 
 A connection that does not finish within the handshake timeout is dropped.
 
-Reflection and relay
---------------------
+The digest depends on the connection's mode (see
+:mod:`provisioningserver.rpc.channel`): over the secure channel (or mutual
+TLS) it is bound to the TLS connection, the answering side's role and the
+announced capabilities (:func:`~provisioningserver.rpc.channel.boundDigest`);
+with a legacy (MAAS) peer it is MAAS's ``HMAC-SHA256(secret, message ‖
+salt)``.
 
-A peer without the secret might try to authenticate by sending a challenge
-it received back to the process that issued it (reflection), or on to
-another process that shares the secret (relay), and replaying the answer. To
-stop both while keeping the 16-byte wire format, a challenge is an 8-byte
-random nonce followed by the first 8 bytes of ``HMAC-SHA256(secret, role ‖
-nonce)``, where ``role`` names the side that issued it (:data:`REGION` or
-:data:`CLUSTER`). A side refuses to answer a challenge that carries its own
-role's tag, so a region process never answers a challenge issued by any
-region process, nor a cluster one issued by any cluster. A MAAS peer's
-challenge (16 random bytes) carries no valid tag and is answered as before.
+Challenges and legacy peers
+---------------------------
+
+A challenge is an 8-byte random nonce followed by the first 8 bytes of
+``HMAC-SHA256(secret, role ‖ nonce)``, where ``role`` names the side that
+issued it (:data:`REGION` or :data:`CLUSTER`); to a MAAS peer it is 16
+random-looking bytes, as MAAS's own. In legacy mode a maas-rpc side refuses
+to answer a challenge that carries either role's tag: a maas-rpc process
+issued it, and two maas-rpc processes never talk in legacy mode unless
+someone on the path made them (a downgrade), or relays a challenge from
+another connection. The refusal is the declared error
+:class:`~provisioningserver.rpc.exceptions.ChallengeRefused`.
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from provisioningserver.rpc.common import Authenticate, peerAddress
-from provisioningserver.rpc.exceptions import AuthenticationFailed
+from provisioningserver.rpc.channel import LEGACY, boundDigest
+from provisioningserver.rpc.exceptions import ChallengeRefused
+from provisioningserver.rpc.framing import peerAddress
 from provisioningserver.security import calculate_digest, digests_match
 
 __all__ = [
@@ -45,6 +53,7 @@ __all__ = [
     "CLUSTER",
     "REGION",
     "SALT_BYTES",
+    "ChannelProof",
     "HandshakeDeadline",
     "ReflectedChallenge",
     "answerChallenge",
@@ -61,19 +70,37 @@ CHALLENGE_BYTES = 16
 #: The length of the ``salt`` an answer carries.
 SALT_BYTES = 16
 
-
-#: The role tag of challenges issued by region processes.
+#: The role tag of region processes.
 REGION = b"maas-rpc:region"
 
-#: The role tag of challenges issued by cluster processes.
+#: The role tag of cluster processes.
 CLUSTER = b"maas-rpc:cluster"
 
 _NONCE_BYTES = 8
 
+#: The name this package used before it refused relays as well; the same
+#: class as :class:`~provisioningserver.rpc.exceptions.ChallengeRefused`.
+ReflectedChallenge = ChallengeRefused
 
-class ReflectedChallenge(AuthenticationFailed):
-    """A peer sent a challenge issued by a process of this side's role: a
-    reflection or relay attempt."""
+
+@dataclass(frozen=True)
+class ChannelProof:
+    """What a digest is bound to on one connection.
+
+    :ivar mode: ``"secure"``, ``"mtls"`` or ``"legacy"``.
+    :ivar binding: the TLS connection's exported keying material (empty in
+        legacy mode).
+    :ivar transcript: the hash of the capabilities both sides announced
+        (empty in legacy mode).
+    """
+
+    mode: str
+    binding: bytes = b""
+    transcript: bytes = b""
+
+
+#: The proof of a connection with a legacy peer: MAAS's digest.
+LEGACY_PROOF = ChannelProof(LEGACY)
 
 
 def _tag(secret: bytes, role: bytes, nonce: bytes) -> bytes:
@@ -107,49 +134,93 @@ def isOwnChallenge(secret: bytes, role: bytes, message: bytes) -> bool:
     return hmac.compare_digest(_tag(secret, role, nonce), tag)
 
 
+def digestFor(
+    secret: bytes, answerer: bytes, proof: ChannelProof, message: bytes, salt: bytes
+) -> bytes:
+    """Compute the digest that answers ``message`` on a connection.
+
+    :param secret: the raw shared secret.
+    :param answerer: the answering side's role.
+    :param proof: what the connection binds digests to.
+    :param message: the challenge.
+    :param salt: the answerer's salt.
+    :return: 32 bytes.
+    """
+    if proof.mode == LEGACY:
+        return calculate_digest(secret, message, salt)
+    return boundDigest(secret, answerer, proof.binding, proof.transcript, message, salt)
+
+
 def answerChallenge(
-    secret: bytes, message: bytes, role: bytes | None = None
+    secret: bytes,
+    message: bytes,
+    role: bytes | None = None,
+    proof: ChannelProof = LEGACY_PROOF,
 ) -> dict[str, bytes]:
     """Answer an ``Authenticate`` challenge.
 
     :param secret: the raw shared secret.
     :param message: the challenge received.
-    :param role: the answering side's role; a challenge issued by that role
-        is refused. ``None`` answers anything (as MAAS does).
+    :param role: the answering side's role; ``None`` answers any challenge
+        with MAAS's digest, as MAAS does (for tests and tools).
+    :param proof: what this connection binds digests to (legacy: MAAS's
+        digest).
     :return: the ``Authenticate`` response: ``digest`` and a fresh ``salt``.
-    :raises ReflectedChallenge: when ``message`` was issued by a process of
-        ``role``.
+    :raises ChallengeRefused: for a challenge that is not 16 bytes, or, in
+        legacy mode, one issued by a maas-rpc process.
     """
-    if role is not None and isOwnChallenge(secret, role, message):
-        raise ReflectedChallenge(
-            f"refusing to answer a challenge issued by a {role.decode()} "
-            "process: a reflection or relay attempt"
-        )
+    if role is not None:
+        if len(message) != CHALLENGE_BYTES:
+            raise ChallengeRefused(
+                f"refusing a challenge of {len(message)} bytes; challenges are "
+                f"{CHALLENGE_BYTES} bytes"
+            )
+        if proof.mode == LEGACY and (
+            isOwnChallenge(secret, REGION, message)
+            or isOwnChallenge(secret, CLUSTER, message)
+        ):
+            raise ChallengeRefused(
+                "refusing to answer, over a legacy connection, a challenge "
+                "issued by a maas-rpc process: a relay, reflection or downgrade "
+                "attempt"
+            )
     salt = os.urandom(SALT_BYTES)
-    return {"digest": calculate_digest(secret, message, salt), "salt": salt}
+    answerer = role if role is not None else b""
+    return {"digest": digestFor(secret, answerer, proof, message, salt), "salt": salt}
 
 
-async def _challenge(conn: Any, secret: bytes, role: bytes) -> bool:
+async def _challenge(
+    conn: Any, secret: bytes, role: bytes, peerRole: bytes, proof: ChannelProof
+) -> bool:
+    from provisioningserver.rpc.common import Authenticate
+
     message = makeChallenge(secret, role)
     response = await conn.callRemote(Authenticate, message=message)
     salt = response["salt"]
     if len(salt) != SALT_BYTES:
         return False
-    expected = calculate_digest(secret, message, salt)
+    expected = digestFor(secret, peerRole, proof, message, salt)
     return digests_match(expected, response["digest"])
 
 
-def challengePeer(conn: Any, secret: bytes, role: bytes) -> Deferred[bool]:
+def challengePeer(
+    conn: Any,
+    secret: bytes,
+    role: bytes,
+    proof: ChannelProof = LEGACY_PROOF,
+) -> Deferred[bool]:
     """Challenge the peer with a fresh message and check its answer.
 
     :param conn: the connection (an AMP protocol).
     :param secret: the raw shared secret.
-    :param role: this side's role (:data:`REGION` or :data:`CLUSTER`), tagged
-        into the challenge.
+    :param role: this side's role (:data:`REGION` or :data:`CLUSTER`),
+        tagged into the challenge; the peer answers as the other role.
+    :param proof: what this connection binds digests to.
     :return: a Deferred firing ``True`` when the peer's digest is right,
         ``False`` when it is wrong; it fails when the call itself fails.
     """
-    return Deferred.fromCoroutine(_challenge(conn, secret, role))
+    peerRole = CLUSTER if role == REGION else REGION
+    return Deferred.fromCoroutine(_challenge(conn, secret, role, peerRole, proof))
 
 
 class HandshakeDeadline:
@@ -162,27 +233,29 @@ class HandshakeDeadline:
     """
 
     def __init__(self, proto: Any, timeout: float, clock: Any, what: str) -> None:
-        self._proto = proto
+        self._proto: Any = proto
         self._timeout = timeout
         self._what = what
         self._call = clock.callLater(timeout, self._expired)
 
     def _expired(self) -> None:
+        proto, self._proto = self._proto, None
         log.warn(
             "{what} with {peer} did not complete within {timeout} seconds; "
             "dropping the connection.",
             what=self._what,
-            peer=peerAddress(self._proto),
+            peer=peerAddress(proto),
             timeout=self._timeout,
         )
-        self._proto.abort()
+        proto.abort()
 
     @property
     def expired(self) -> bool:
         """Whether the deadline passed."""
-        return self._call.called
+        return bool(self._call.called)
 
     def done(self) -> None:
         """The handshake finished (or the connection ended): stop the timer."""
         if self._call.active():
             self._call.cancel()
+        self._proto = None

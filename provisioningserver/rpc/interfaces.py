@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IConnection"]
+__all__ = ["IConnection", "IRPCObserver"]
 
 
 class IConnection(Interface):
@@ -40,4 +40,45 @@ class IConnection(Interface):
 
         :return: a certificate, or ``None`` when the connection does not use
             TLS.
+        """
+
+
+class IRPCObserver(Interface):
+    """Told what the RPC layer does. Every method must return quickly and
+    must not raise."""
+
+    def callCompleted(command, direction, error, seconds):
+        """A call ended.
+
+        :param command: the command's name (``str``).
+        :param direction: ``"out"`` for a call this process made, ``"in"``
+            for one it answered.
+        :param error: ``None`` on success, else the error code (``str``,
+            e.g. ``"UNHANDLED"``, ``"NoSuchCheese"``, ``"TIMEOUT"``,
+            ``"CONNECTION_LOST"``).
+        :param seconds: how long it took.
+        """
+
+    def connectionChanged(side, state, delta):
+        """A connection entered (``delta`` = 1) or left (-1) a state.
+
+        :param side: ``"region"`` (this process is a region event-loop) or
+            ``"cluster"``.
+        :param state: ``"handshake"`` or ``"authenticated"``.
+        :param delta: ``1`` or ``-1``.
+        """
+
+    def handshakeFailed(side, reason):
+        """A handshake failed.
+
+        :param side: ``"region"`` or ``"cluster"``.
+        :param reason: one of ``"wrong-secret"``, ``"timeout"``,
+            ``"legacy-refused"``, ``"tls"``, ``"protocol"``,
+            ``"refused-registration"``.
+        """
+
+    def reconnected(side):
+        """A lost connection was replaced.
+
+        :param side: ``"region"`` or ``"cluster"``.
         """

@@ -11,6 +11,13 @@ Environment variables (both sides):
     Connections from one source address that may be in the handshake at
     once (region side; default 100: many clusters may share one address
     behind NAT and reconnect together).
+``MAAS_RPC_MAX_UNAUTHENTICATED_TOTAL``
+    Connections from all addresses that may be in the handshake at once
+    (region side; default 2000). Further connections are closed at once.
+``MAAS_RPC_MAX_UNAUTHENTICATED_BYTES``
+    Bytes that all connections in the handshake may hold in their buffers
+    together (region side; default 32 MiB); the connection whose data
+    crosses it is dropped.
 ``MAAS_RPC_MAX_OUTSTANDING``
     Commands from one connection that may be in progress at once (default
     1000).
@@ -22,7 +29,16 @@ Environment variables (both sides):
     MiB); larger ones are refused before anything is sent.
 ``MAAS_RPC_MAX_BOX``
     The most one received call or answer may hold, chunks included, from an
-    authenticated peer (default 32 MiB; 1 MiB before authentication).
+    authenticated peer (default 32 MiB; 64 KiB before authentication). Each
+    entry counts its key, its value and 128 bytes of overhead.
+``MAAS_RPC_MAX_KEYS``
+    The most keys one received box may have from an authenticated peer
+    (default 1024, enough for a box of 32 MiB in chunks; 32 before
+    authentication).
+
+Before authentication a peer may also have at most 4 commands in progress
+and send list arguments of at most 256 items; these are not configurable.
+A peer over any limit is dropped with one log line.
 """
 
 from __future__ import annotations
@@ -53,6 +69,17 @@ class Limits:
         included) may hold once the peer is authenticated.
     :ivar maxUnauthenticatedBoxBytes: the same, before the peer is
         authenticated.
+    :ivar maxKeys: the most keys a received box may have once the peer is
+        authenticated.
+    :ivar maxUnauthenticatedKeys: the same, before.
+    :ivar maxUnauthenticatedAsks: commands a peer may have in progress
+        before it is authenticated.
+    :ivar maxUnauthenticatedListItems: the most items a list argument of a
+        command received before authentication may have.
+    :ivar maxUnauthenticatedTotal: connections (from all addresses) that may
+        be in the handshake at once.
+    :ivar maxUnauthenticatedBytesTotal: bytes that the connections in the
+        handshake may hold in their buffers, together.
     """
 
     maxUnauthenticatedPerAddress: int = 100
@@ -60,7 +87,13 @@ class Limits:
     maxUnsentBytes: int = 64 * 1024 * 1024
     maxValueBytes: int = 16 * 1024 * 1024
     maxBoxBytes: int = 32 * 1024 * 1024
-    maxUnauthenticatedBoxBytes: int = 1024 * 1024
+    maxUnauthenticatedBoxBytes: int = 64 * 1024
+    maxKeys: int = 1024
+    maxUnauthenticatedKeys: int = 32
+    maxUnauthenticatedAsks: int = 4
+    maxUnauthenticatedListItems: int = 256
+    maxUnauthenticatedTotal: int = 2000
+    maxUnauthenticatedBytesTotal: int = 32 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
@@ -87,6 +120,16 @@ class Limits:
             ),
             maxBoxBytes=env_int(
                 env, "MAAS_RPC_MAX_BOX", 32 * 1024 * 1024, minimum=65535
+            ),
+            maxKeys=env_int(env, "MAAS_RPC_MAX_KEYS", 1024, minimum=16),
+            maxUnauthenticatedTotal=env_int(
+                env, "MAAS_RPC_MAX_UNAUTHENTICATED_TOTAL", 2000, minimum=1
+            ),
+            maxUnauthenticatedBytesTotal=env_int(
+                env,
+                "MAAS_RPC_MAX_UNAUTHENTICATED_BYTES",
+                32 * 1024 * 1024,
+                minimum=65536,
             ),
         )
 

@@ -362,7 +362,9 @@ class Peer:
         self._decoder = BoxDecoder()
         self._queue: list[Box] = []
         self._tags = (f"{prefix}{n:x}".encode() for n in itertools.count(1))
+        self._posted: set[bytes] = set()
         self.received: list[Box] = []
+        self.unhandled: set[bytes] = set()
 
     def close(self) -> None:
         """Close the socket."""
@@ -386,13 +388,50 @@ class Peer:
         except (BrokenPipeError, ConnectionResetError) as error:
             raise PeerClosed("the peer closed the connection") from error
 
+    def post(self, command: bytes | str, **arguments: bytes | str) -> None:
+        """Call a command without waiting for its answer, which is dropped
+        when it comes (as a MAAS cluster's first challenge, which a test
+        peer sends only to start the region's side of the handshake).
+
+        :param command: the command's name.
+        :param arguments: its arguments.
+        """
+        tag = next(self._tags)
+        self._posted.add(tag)
+        self.send({b"_command": _b(command), b"_ask": tag, **arguments})
+
     def next_box(self) -> Box:
-        """Read the next box.
+        """Read the next box (answers to posted calls are skipped).
 
         :return: the box.
         :raises PeerClosed: when the peer closes first.
         :raises TimeoutError: when nothing comes within the timeout.
         """
+        while True:
+            box = self._next_box()
+            tag = box.get(b"_answer", box.get(b"_error"))
+            if tag is not None and tag in self._posted and b"_command" not in box:
+                self._posted.discard(tag)
+                continue
+            return box
+
+    def settle(self) -> None:
+        """Read until every posted call has been answered (those answers are
+        dropped), answering the peer's commands meanwhile.
+
+        :raises ValueError: when a box other than those arrives.
+        """
+        while self._posted:
+            box = self._next_box()
+            tag = box.get(b"_answer", box.get(b"_error"))
+            if b"_command" in box:
+                self.answer(box)
+            elif tag in self._posted:
+                self._posted.discard(tag)
+            else:
+                raise ValueError(f"unexpected box while settling: {box!r}")
+
+    def _next_box(self) -> Box:
         while not self._queue:
             try:
                 data = self.sock.recv(1 << 16)
@@ -417,6 +456,16 @@ class Peer:
         ask = box.get(b"_ask")
         responder = self.responders.get(box[b"_command"])
         if responder is None:
+            if ask is not None and box[b"_command"] in self.unhandled:
+                # As stock AMP (and so MAAS) answers a command it does not know.
+                self.send(
+                    {
+                        b"_error": ask,
+                        b"_error_code": b"UNHANDLED",
+                        b"_error_description": b"Unhandled Command: "
+                        + repr(box[b"_command"]).encode(),
+                    }
+                )
             return
         result = dict(responder(box))
         if ask is not None:

@@ -1,6 +1,10 @@
 """Bad input on the wire, thrown at a live region and a live cluster.
 
-Two real processes run for the whole module:
+Two real processes run for the whole module, both allowing legacy (MAAS)
+peers (``MAAS_RPC_ALLOW_LEGACY_PEERS=1``) so that a fake peer speaking plain
+AMP over a socket reaches every state of the AMP layer, which is the same
+code whatever the channel; the real cluster still connects over the secure
+channel:
 
 * a region event-loop (``python -m maasserver.cli eventloop``), with a real
   cluster process connected to it throughout, and one authenticated fake
@@ -62,7 +66,6 @@ from hypothesis import strategies as st
 from maasserver.cli import reservePort
 from provisioningserver.cheese import rate_cheese
 from provisioningserver.rpc.exceptions import NoSuchCheese
-from provisioningserver.rpc.handshake import CLUSTER, REGION, makeChallenge
 from provisioningserver.rpc.testing import waitFor
 from provisioningserver.security import get_or_create_shared_secret, read_shared_secret
 
@@ -114,9 +117,9 @@ RSS_MARGIN_KIB = 64 * 1024
 
 #: The most one received box may hold from an authenticated peer, in both
 #: processes (``MAAS_RPC_MAX_BOX``; lowered so that cases can cross it
-#: cheaply). Before authentication the cap is 1 MiB.
+#: cheaply). Before authentication the cap is 64 KiB.
 MAX_BOX = 2 * 1024 * 1024
-UNAUTHENTICATED_MAX_BOX = 1024 * 1024
+UNAUTHENTICATED_MAX_BOX = 64 * 1024
 
 #: How many event-loops the fake region advertises on the fuzz socket: the
 #: cluster keeps that many fuzz connections going at once.
@@ -315,6 +318,7 @@ class LiveRegion:
                 MAAS_RPC_HANDSHAKE_TIMEOUT=5,
                 MAAS_RPC_MAX_UNAUTHENTICATED=16,
                 MAAS_RPC_MAX_BOX=MAX_BOX,
+                MAAS_RPC_ALLOW_LEGACY_PEERS=1,
             ),
             self.log,
         )
@@ -372,18 +376,21 @@ class LiveRegion:
         return socket.create_connection(("127.0.0.1", self.port), timeout=BOUND)
 
     def fake_cluster(self, ident: str, stage: int) -> Any:
-        """Connect as a cluster and go ``stage`` steps into the handshake.
+        """Connect as a legacy (MAAS) cluster and go ``stage`` steps into the
+        handshake.
 
-        0: read the region's ``Identify`` (proof that the region admitted
-        the connection) and answer nothing; 1: answer ``Identify``; 2: also
-        answer the region's ``Authenticate``; 3: the whole handshake (check
-        the region's digest, ``Register``).
+        A MAAS cluster's first box is its challenge to the region, which
+        makes the region take it for a legacy peer; this one's answer is
+        dropped. 0: read the region's ``Identify`` (proof that the region
+        admitted the connection) and answer nothing; 1: answer ``Identify``;
+        2: also answer the region's ``Authenticate``; 3: the whole handshake
+        (check the region's digest, ``Register``).
 
         :return: the :class:`Peer`.
         """
         responders = {
             b"Identify": lambda box: {b"ident": ident},
-            b"Authenticate": ampwire.authenticate_responder(self.secret, CLUSTER),
+            b"Authenticate": ampwire.authenticate_responder(self.secret),
         }
         if stage < 2:
             del responders[b"Authenticate"]
@@ -392,11 +399,13 @@ class LiveRegion:
         sock = self.connect()
         peer = Peer(sock, responders, timeout=BOUND, prefix="h")
         try:
+            peer.post(b"Authenticate", message=os.urandom(16))
             wanted = [b"Identify", b"Identify", b"Authenticate"][min(stage, 2)]
             try:
                 peer.serve_until(
                     lambda: any(b[b"_command"] == wanted for b in peer.received)
                 )
+                peer.settle()  # The answer to the first challenge.
             except PeerClosed:
                 raise AssertionError(
                     "the region closed a new connection before calling Identify: "
@@ -404,12 +413,12 @@ class LiveRegion:
                     f"\n{tail(self.log)}"
                 ) from None
             if stage >= 3:
-                challenge = makeChallenge(self.secret, CLUSTER)
+                challenge = os.urandom(16)  # A MAAS cluster's challenge.
                 answer = peer.call(b"Authenticate", message=challenge)
                 assert ampwire.check_authenticate(self.secret, challenge, answer), (
                     "the region's digest is wrong"
                 )
-                assert peer.call(b"Register", uuid=ident) == {b"_answer": b"h2"}
+                assert peer.call(b"Register", uuid=ident) == {b"_answer": b"h3"}
         except BaseException:
             peer.close()
             raise
@@ -421,7 +430,7 @@ class LiveRegion:
         )
         # The long-lived fake cluster still gets right answers...
         assert self.legit.call(b"Identify")[b"ident"] == self.name.encode()
-        challenge = makeChallenge(self.secret, CLUSTER)
+        challenge = os.urandom(16)
         answer = self.legit.call(b"Authenticate", message=challenge)
         assert ampwire.check_authenticate(self.secret, challenge, answer)
         # ... a new cluster can still connect and complete the handshake...
@@ -489,6 +498,7 @@ class LiveCluster:
                 # Keepalives flow on the legitimate connection while fuzzing.
                 MAAS_RPC_KEEPALIVE_INTERVAL=2,
                 MAAS_RPC_KEEPALIVE_TIMEOUT=10,
+                MAAS_RPC_ALLOW_LEGACY_PEERS=1,
             ),
             self.log,
         )
@@ -555,9 +565,11 @@ class LiveCluster:
         return conn
 
     def fake_region(self, conn: socket.socket, stage: int = 2) -> Any:
-        """Serve a connection from the cluster as a region would, ``stage``
-        steps into the handshake.
+        """Serve a connection from the cluster as a legacy (MAAS) region
+        would, ``stage`` steps into the handshake.
 
+        It answers the cluster's ``SecureChannel`` with ``UNHANDLED``, as a
+        MAAS region does, so the cluster falls back to the legacy handshake.
         0: read the cluster's ``Authenticate`` and answer nothing; 1: answer
         it (the cluster then trusts this side and registers); 2: the whole
         handshake: also call the cluster's ``Identify`` and ``Authenticate``
@@ -567,21 +579,24 @@ class LiveCluster:
         """
         registered: list[dict] = []
         responders = {
-            b"Authenticate": ampwire.authenticate_responder(self.secret, REGION),
+            b"Authenticate": ampwire.authenticate_responder(self.secret),
             b"Register": lambda box: registered.append(box) or {},
             b"Ping": lambda box: {},
         }
         if stage < 1:
             responders.clear()
         peer = Peer(conn, responders, timeout=BOUND, prefix="r")
+        peer.unhandled = {b"SecureChannel"}
         try:
-            peer.serve_until(lambda: bool(peer.received))
+            peer.serve_until(
+                lambda: any(b[b"_command"] == b"Authenticate" for b in peer.received)
+            )
             if stage >= 1:
                 peer.serve_until(lambda: bool(registered))
                 assert registered[0][b"uuid"] == FUZZED_CLUSTER_UUID.encode()
             if stage >= 2:
                 assert peer.call(b"Identify")[b"ident"] == FUZZED_CLUSTER_UUID.encode()
-                challenge = makeChallenge(self.secret, REGION)
+                challenge = os.urandom(16)  # A MAAS region's challenge.
                 answer = peer.call(b"Authenticate", message=challenge)
                 assert ampwire.check_authenticate(self.secret, challenge, answer), (
                     "the cluster's digest is wrong"
@@ -1104,7 +1119,14 @@ def check_reply(
         commands = {b[b"_command"] for b in sent}
         code = box.get(b"_error_code") if kind == "error" else None
         if not authed and not commands & GATE[side]:
-            assert code == b"NOT_AUTHENTICATED", (
+            # Before authentication the gate refuses the commands it knows;
+            # a command nobody answers is UNHANDLED, as stock AMP says.
+            allowed = set()
+            if commands & set(known):
+                allowed.add(b"NOT_AUTHENTICATED")
+            if commands - set(known):
+                allowed.add(b"UNHANDLED")
+            assert code in allowed, (
                 f"the {side} did not refuse {commands} before authentication: {box!r}"
             )
         if authed and not commands & set(known):
@@ -1187,45 +1209,50 @@ def test_region_refuses_commands_before_authentication(region: LiveRegion) -> No
     peer = Peer(region.connect(), timeout=BOUND, prefix="g")
     with contextlib.closing(peer):
         port = peer.sock.getsockname()[1]
+        peer.post(b"Authenticate", message=os.urandom(16))
         assert peer.next_box()[b"_command"] == b"Identify"
+        # Ping is the region's, but not the handshake's: refused.
+        with pytest.raises(RemoteError) as raised:
+            peer.call(b"Ping")
+        assert raised.value.code == b"NOT_AUTHENTICATED"
+        needle = f"Refused Ping from 127.0.0.1:{port}"
+        waitFor(lambda: needle in region.log.read_text(), f"{needle!r}")
+        # Commands the region does not know at all are UNHANDLED, as stock
+        # AMP answers them, whatever the handshake's state.
         for command, arguments in [
             (b"EatCheez", {"name": "Brie", "origin": "France"}),
             (b"Greet", {"name": "mallory"}),
         ]:
             with pytest.raises(RemoteError) as raised:
                 peer.call(command, **arguments)
-            assert raised.value.code == b"NOT_AUTHENTICATED"
-            needle = f"Refused {command.decode()} from 127.0.0.1:{port}"
-            waitFor(
-                lambda needle=needle: needle in region.log.read_text(), f"{needle!r}"
-            )
+            assert raised.value.code == b"UNHANDLED"
         # The handshake's own commands are still answered.
         assert peer.call(b"Identify")[b"ident"] == region.name.encode()
 
 
 def test_region_refuses_its_own_challenge_reflected(region: LiveRegion) -> None:
-    """A challenge the region sent, sent back to it, is refused; the region
-    drops the connection and says why."""
+    """Over a legacy connection, a challenge the region sent, sent back to
+    it, is refused as a declared error; the region closes the connection and
+    says why in one line."""
     peer = Peer(
         region.connect(), {b"Identify": lambda box: {b"ident": LEGIT_UUID}}, prefix="x"
     )
     with contextlib.closing(peer):
         port = peer.sock.getsockname()[1]
+        peer.post(b"Authenticate", message=os.urandom(16))
         challenge = peer.next_box()
         while challenge[b"_command"] != b"Authenticate":
             peer.answer(challenge)
             challenge = peer.next_box()
-        with pytest.raises(RemoteError):
+        with pytest.raises(RemoteError) as raised:
             peer.call(b"Authenticate", message=challenge[b"message"])
+        assert raised.value.code == b"ChallengeRefused"
         with pytest.raises(PeerClosed):
             peer.next_box()
-    waitFor(
-        lambda: (
-            f"Peer 127.0.0.1:{port} sent a challenge issued by our own side"
-            in region.log.read_text()
-        ),
-        "the reflection to be logged",
-    )
+    needle = f"Refused to answer a challenge from 127.0.0.1:{port}"
+    waitFor(lambda: needle in region.log.read_text(), "the reflection to be logged")
+    (line,) = [x for x in region.log.read_text().splitlines() if needle in x]
+    assert "Traceback" not in region.log.read_text().split(needle, 1)[1][:2000]
 
 
 def test_region_honours_max_unauthenticated(tmp_path: Path) -> None:
@@ -1243,6 +1270,7 @@ def test_region_honours_max_unauthenticated(tmp_path: Path) -> None:
             MAAS_RPC_BIND="127.0.0.1",
             MAAS_RPC_STATUS=1,
             MAAS_RPC_MAX_UNAUTHENTICATED=2,
+            MAAS_RPC_ALLOW_LEGACY_PEERS=1,
         ),
         log,
     )
@@ -1258,7 +1286,10 @@ def test_region_honours_max_unauthenticated(tmp_path: Path) -> None:
             for _ in range(3)
         ]
         try:
-            first = [Peer(s, timeout=BOUND).next_box() for s in socks[:2]]
+            peers = [Peer(s, timeout=BOUND) for s in socks[:2]]
+            for peer in peers:
+                peer.post(b"Authenticate", message=os.urandom(16))
+            first = [peer.next_box() for peer in peers]
             assert [box[b"_command"] for box in first] == [b"Identify"] * 2
             # Over the limit: the third is closed without being called.
             with pytest.raises(PeerClosed):
@@ -1335,7 +1366,7 @@ def test_region_log_lines_for_bad_input_are_bounded(region: LiveRegion) -> None:
                 boxes=received,
             )
         assert reply.closed and not reply.hung
-        lost = f"port={port}))"
+        lost = f"127.0.0.1:{port} disconnected"
         waitFor(
             lambda lost=lost, before=before: lost in _log_since(region.log, before),
             "the region to log the connection's loss",
@@ -1411,7 +1442,8 @@ def test_cluster_refuses_commands_before_authentication(cluster: LiveCluster) ->
     before = _count(cluster.log, needle)
     peer = cluster.fake_region(cluster.accept(), stage=0)
     with contextlib.closing(peer):
-        (authenticate,) = peer.received
+        secure, authenticate = peer.received
+        assert secure[b"_command"] == b"SecureChannel"
         assert authenticate[b"_command"] == b"Authenticate"
         with pytest.raises(RemoteError) as raised:
             peer.call(b"EatCheez", name="Brie", origin="France")

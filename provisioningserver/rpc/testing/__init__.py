@@ -4,7 +4,9 @@ Use them to test your own commands the way this package tests its own:
 
 * :func:`connect_in_memory` joins two AMP protocols through
   :mod:`twisted.test.iosim`; bytes move only when you call ``pump.flush()``,
-  so a test decides exactly when each side sees what.
+  so a test decides exactly when each side sees what. ``startTLS`` works on
+  these transports with real TLS (OpenSSL in memory), so the secure channel
+  runs as it does over TCP.
 * :func:`call_responder` runs a responder through the wire format: it
   serialises the arguments as a caller would, dispatches the box, and parses
   the answer (or the error) as a caller would.
@@ -18,25 +20,123 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test import iosim
+from zope.interface import directlyProvides
 
 from provisioningserver.twisted.protocols import amp
 
 __all__ = [
     "LoggedEvents",
+    "MemoryTransport",
     "WaitTimedOut",
     "call_responder",
     "capturedLogs",
     "connect_in_memory",
+    "open_channel",
     "waitFor",
 ]
 
 
+class _Raw:
+    """What the TLS layer writes through: the in-memory transport's own
+    ``write``, bypassing TLS."""
+
+    def __init__(self, transport: MemoryTransport) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes) -> None:
+        iosim.FakeTransport.write(self._transport, data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        iosim.FakeTransport.loseConnection(self._transport)
+
+    def abortConnection(self) -> None:
+        iosim.FakeTransport.abortConnection(self._transport)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class MemoryTransport(iosim.FakeTransport):
+    """An :class:`iosim.FakeTransport` on which ``startTLS`` runs real TLS.
+
+    The TLS layer (:class:`twisted.protocols.tls.TLSMemoryBIOProtocol`) is
+    put between the transport and its protocol, as Twisted does for a TCP
+    transport, so ``getHandle()`` gives the OpenSSL connection and the
+    protocol hears ``handshakeCompleted``.
+    """
+
+    _tlsProtocol: Any = None
+
+    #: The clock TLS uses to aggregate small writes (the pump's).
+    clock: Any = None
+
+    def startTLS(self, contextFactory: Any, beNormal: bool = True) -> None:
+        """Start TLS on this side of the connection.
+
+        :param contextFactory: the TLS options.
+        :param beNormal: as for
+            :meth:`twisted.internet.interfaces.ITLSTransport.startTLS`.
+        """
+        client = (not self.isServer) if beNormal else self.isServer
+        factory = TLSMemoryBIOFactory(
+            contextFactory,
+            client,
+            None,  # type: ignore[arg-type]
+            clock=self.clock,
+        )
+        tls = factory.protocol(factory, self.protocol, False)
+        self.protocol = tls
+        self._tlsProtocol = tls
+        self.getHandle = tls.getHandle
+        self.getPeerCertificate = tls.getPeerCertificate
+        directlyProvides(self, ISSLTransport)
+        tls.makeConnection(_Raw(self))
+
+    def loseConnection(self) -> None:
+        """Close, through TLS once it is started (which sends what it holds
+        first)."""
+        if self._tlsProtocol is not None and not self.disconnecting:
+            self._tlsProtocol.loseConnection()
+        else:
+            super().loseConnection()
+
+    def abortConnection(self) -> None:
+        """Close at once (what TLS holds is dropped)."""
+        if self._tlsProtocol is not None and not self.disconnecting:
+            self._tlsProtocol.abortConnection()
+        else:
+            super().abortConnection()
+
+    def write(self, data: bytes) -> None:
+        """Write application data (through TLS once it is started).
+
+        :param data: the bytes.
+        """
+        if self._tlsProtocol is not None:
+            if not self.disconnecting:
+                self._tlsProtocol.write(data)
+        else:
+            super().write(data)
+
+
 def connect_in_memory(
-    server: amp.AMP, client: amp.AMP, *, clock: Any = None, greet: bool = True
+    server: amp.AMP,
+    client: amp.AMP,
+    *,
+    clock: Any = None,
+    greet: bool = True,
+    serverAddress: tuple[str, int] = ("127.0.0.1", 5250),
+    clientAddress: tuple[str, int] = ("127.0.0.1", 40000),
 ) -> iosim.IOPump:
     """Connect two protocols in memory.
 
@@ -47,15 +147,55 @@ def connect_in_memory(
         :class:`~twisted.internet.testing.MemoryReactorClock` when ``None``.
     :param greet: flush once after connecting, so that anything either side
         sends on connection is delivered.
+    :param serverAddress: the accepting side's ``(host, port)``.
+    :param clientAddress: the connecting side's ``(host, port)``.
     :return: the :class:`twisted.test.iosim.IOPump`; call its ``flush()`` to
         move bytes both ways until both sides are quiet.
     """
-    serverTransport = iosim.FakeTransport(server, isServer=True)
-    clientTransport = iosim.FakeTransport(client, isServer=False)
+    serverHost = IPv4Address("TCP", *serverAddress)
+    clientHost = IPv4Address("TCP", *clientAddress)
+    serverTransport = MemoryTransport(
+        server, isServer=True, hostAddress=serverHost, peerAddress=clientHost
+    )
+    clientTransport = MemoryTransport(
+        client, isServer=False, hostAddress=clientHost, peerAddress=serverHost
+    )
+    if clock is None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        clock = MemoryReactorClock()
+    serverTransport.clock = clientTransport.clock = clock
     pump = iosim.connect(
         server, serverTransport, client, clientTransport, greet=greet, clock=clock
     )
     return pump
+
+
+def open_channel(server: Any, client: Any, pump: iosim.IOPump) -> str:
+    """Run the secure channel between two connected protocols, as the region
+    and a cluster do before their handshake, and open both gates.
+
+    For testing protocols of your own (say, how they carry values over
+    65,535 bytes) without the whole region-cluster handshake. Each is given
+    the role it plays (``channelRole``) for this connection.
+
+    :param server: an :class:`~provisioningserver.rpc.common.RPCProtocol`,
+        connected as the accepting side (see :func:`connect_in_memory`).
+    :param client: the connecting side.
+    :param pump: the pump that joins them.
+    :return: the channel's mode (``"secure"``).
+    :raises AssertionError: when the channel did not come up.
+    """
+    server.channelRole = "server"
+    client.channelRole = "client"
+    server.awaitChannel()
+    d = client.openChannel()
+    pump.flush()
+    modes: list[str] = []
+    d.addBoth(modes.append)
+    assert modes and isinstance(modes[0], str), f"no channel: {modes!r}"
+    server.peerAuthenticated = client.peerAuthenticated = True
+    return modes[0]
 
 
 def call_responder(

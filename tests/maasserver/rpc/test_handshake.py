@@ -63,7 +63,7 @@ def _successful_handshake():
     mesh = Mesh()
     server, client, pump = mesh.connect()
     pump.flush()
-    assert successResultOf(client.ready.get()) is client
+    assert successResultOf(client.ready.get()) is True
     assert server.ident == UUID
     assert server.registered
     assert mesh.region.connections == {UUID: {server}}
@@ -96,7 +96,8 @@ def test_cluster_with_wrong_secret_is_dropped_and_logged(logged):
     # region says what that means, with the peer's address.
     lines = logged.lines("disconnected before completing the handshake")
     assert len(lines) == 1, lines
-    assert "shared secret" in lines[0] and UUID in lines[0]
+    assert "shared secret" in lines[0]
+    assert UUID in lines[0] or "(unidentified)" in lines[0]
 
 
 def test_region_with_wrong_secret_is_dropped_by_the_cluster(logged):
@@ -116,7 +117,8 @@ class LyingClusterClient(ClusterClient):
     async def _handshake(self):
         from provisioningserver.rpc.handshake import CLUSTER, challengePeer
 
-        assert await challengePeer(self, self.service.secret, CLUSTER)
+        await self.openChannel()
+        assert await challengePeer(self, self.service.secret, CLUSTER, self.proof())
         self.peerAuthenticated = True
         await self.callRemote(Register, uuid="not-" + self.service.uuid)
 
@@ -158,7 +160,7 @@ def test_early_register_waits_for_the_region_check():
     assert mesh.region.connections == {}
     SlowIdentifyClusterClient.pending.pop().callback({"ident": UUID})
     pump.flush()
-    assert successResultOf(client.ready.get()) is client
+    assert successResultOf(client.ready.get()) is True
     assert mesh.region.connections == {UUID: {server}}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -14,7 +15,7 @@ from maasserver.rpc.regionservice import RegionServer, RegionService, _RegionFac
 from provisioningserver.rpc.cluster import Authenticate, EatCheez, Identify
 from provisioningserver.rpc.clusterservice import ClusterClient, ClusterClientService
 from provisioningserver.rpc.common import RPCProtocol
-from provisioningserver.rpc.exceptions import NotAuthenticated
+from provisioningserver.rpc.exceptions import ChallengeRefused, NotAuthenticated
 from provisioningserver.rpc.handshake import (
     CLUSTER,
     REGION,
@@ -66,7 +67,8 @@ class CountingCluster(ClusterClient):
 
 class RawPeer(RPCProtocol):
     """A peer that never completes a handshake: it identifies itself, never
-    answers a challenge, and calls whatever it likes."""
+    answers a challenge, and calls whatever it likes, in the clear (a legacy
+    peer)."""
 
     @Identify.responder
     def identify(self):
@@ -77,16 +79,35 @@ class RawPeer(RPCProtocol):
         return defer.Deferred()  # Never answered.
 
 
+class ChannelPeer(RawPeer):
+    """The same, after opening the secure channel, as a maas-rpc cluster
+    without the secret would."""
+
+    channelRole = "client"
+
+
+class ChannelRegionPeer(RawPeer):
+    """A fake region without the secret: it accepts the secure channel and
+    then calls whatever it likes."""
+
+    channelRole = "server"
+
+
 def region(clock, **kwargs):
     return RegionService(SECRET, EVENTLOOP, reactor=clock, **kwargs)
 
 
-def test_region_refuses_commands_before_the_handshake(logged):
+@pytest.mark.parametrize("legacy", [False, True], ids=["secure", "legacy"])
+def test_region_refuses_commands_before_the_handshake(logged, legacy):
     CountingRegion.greeted = 0
     clock = Clock()
-    server = CountingRegion(region(clock))
-    peer = RawPeer()
+    server = CountingRegion(region(clock, allowLegacyPeers=legacy))
+    peer = RawPeer() if legacy else ChannelPeer()
     pump = connect_in_memory(server, peer, clock=clock)
+    if not legacy:
+        peer.openChannel()
+        pump.flush()
+        assert server.mode == peer.mode == "secure"
     d = peer.callRemote(Greet, name="mallory")
     pump.flush()
     failure = failureResultOf(d, NotAuthenticated)
@@ -94,10 +115,18 @@ def test_region_refuses_commands_before_the_handshake(logged):
     assert CountingRegion.greeted == 0
     assert server.refused == 1
     assert logged.lines("Refused Greet from")
+    assert server.mode == ("legacy" if legacy else "secure")
     # The handshake's own commands are still answered.
     d = peer.callRemote(Authenticate, message=b"\x01" * 16)
     pump.flush()
     assert set(successResultOf(d)) == {"digest", "salt"}
+    # A command the region does not know is UNHANDLED, as stock AMP says,
+    # not refused: the gate refuses only what it knows.
+    d = peer.callRemote(EatCheez, name="Brie", origin="France")
+    pump.flush()
+    failure = failureResultOf(d, amp.UnhandledCommand)
+    assert "Unhandled Command" in str(failure.value)
+    assert server.refused == 1
     clock.advance(30)  # The handshake deadline drops the raw peer.
     pump.flush()
     assert not server.isConnected()
@@ -119,13 +148,17 @@ def test_region_dispatches_once_the_cluster_has_registered():
     assert CountingRegion.greeted == 1
 
 
-def test_cluster_refuses_commands_before_the_region_is_authenticated(logged):
+@pytest.mark.parametrize("legacy", [False, True], ids=["secure", "legacy"])
+def test_cluster_refuses_commands_before_the_region_is_authenticated(logged, legacy):
     CountingCluster.eaten = 0
     clock = Clock()
-    cluster = ClusterClientService("http://r/MAAS", SECRET, UUID, reactor=clock)
+    cluster = ClusterClientService(
+        "http://r/MAAS", SECRET, UUID, reactor=clock, allowLegacyPeers=legacy
+    )
     client = CountingCluster(cluster, EVENTLOOP, ("127.0.0.1", 5250))
-    fake_region = RawPeer()
+    fake_region = RawPeer() if legacy else ChannelRegionPeer()
     pump = connect_in_memory(fake_region, client, clock=clock)
+    assert client.mode == ("legacy" if legacy else "secure")
     d = fake_region.callRemote(EatCheez, name="Brie", origin="France")
     pump.flush()
     failureResultOf(d, NotAuthenticated)
@@ -183,7 +216,7 @@ def test_a_peer_that_does_not_read_is_dropped(logged):
     pump.flush()
     # The transport says its buffer is full: the peer is not reading.
     server.pauseProducing()
-    with pytest.raises(ConnectionError):
+    with pytest.raises(ConnectionLost):
         for _ in range(100):
             server.sendBox(amp.AmpBox({b"_command": b"x", b"v": b"x" * 5000}))
     assert logged.lines("left more than 100000 bytes unread")
@@ -208,41 +241,52 @@ def test_maas_style_random_challenges_are_still_answered():
     assert answer["digest"] == calculate_digest(SECRET, message, answer["salt"])
 
 
-@pytest.mark.parametrize(
-    ("role", "make_peer"),
-    [
-        (REGION, lambda clock: RegionServer(region(clock))),
-        (
-            CLUSTER,
-            lambda clock: ClusterClient(
-                ClusterClientService("http://r/MAAS", SECRET, UUID, reactor=clock),
-                EVENTLOOP,
-                ("127.0.0.1", 5250),
-            ),
+def _legacyRegion(clock):
+    return RegionServer(region(clock, allowLegacyPeers=True))
+
+
+def _legacyCluster(clock):
+    return ClusterClient(
+        ClusterClientService(
+            "http://r/MAAS", SECRET, UUID, reactor=clock, allowLegacyPeers=True
         ),
-    ],
+        EVENTLOOP,
+        ("127.0.0.1", 5250),
+    )
+
+
+@pytest.mark.parametrize("issuer", [REGION, CLUSTER], ids=["region", "cluster"])
+@pytest.mark.parametrize(
+    "make_target", [_legacyRegion, _legacyCluster], ids=["region", "cluster"]
 )
-def test_reflected_or_relayed_challenges_are_refused(logged, role, make_peer):
-    """A challenge issued by any process of a role (this one: reflection;
-    another sharing the secret: relay) is never answered by that role."""
+def test_legacy_mode_never_answers_a_maas_rpc_challenge(logged, issuer, make_target):
+    """Over a legacy connection, a challenge issued by any maas-rpc process
+    (this one: reflection; another: relay; a maas-rpc peer made to look like
+    a legacy one: downgrade) is refused, as a declared error, in one line."""
     clock = Clock()
-    target = make_peer(clock)
+    target = make_target(clock)
     attacker = RawPeer()
-    pump = connect_in_memory(target, attacker, clock=clock)
-    relayed = makeChallenge(SECRET, role)  # As another process would issue.
+    if isinstance(target, ClusterClient):
+        pump = connect_in_memory(attacker, target, clock=clock)
+    else:
+        pump = connect_in_memory(target, attacker, clock=clock)
+    relayed = makeChallenge(SECRET, issuer)  # As a maas-rpc process issues.
     d = attacker.callRemote(Authenticate, message=relayed)
     pump.flush()
-    failureResultOf(d, amp.UnknownRemoteError)
-    assert logged.lines("sent a challenge issued by our own side")
+    assert target.mode == "legacy"
+    failureResultOf(d, ChallengeRefused)
+    lines = logged.lines("Refused to answer a challenge")
+    assert len(lines) == 1 and "relay" in lines[0]
+    assert not any(event.get("log_failure") for event in logged)
     assert not target.isConnected()
 
 
 def test_a_recorded_answer_does_not_authenticate_a_new_connection(logged):
     clock = Clock()
-    service = region(clock)
+    service = region(clock, allowLegacyPeers=True)
     # Record a genuine answer to some region challenge.
     challenge = makeChallenge(SECRET, REGION)
-    recorded = answerChallenge(SECRET, challenge, CLUSTER)
+    recorded = answerChallenge(SECRET, challenge)  # As MAAS answers.
 
     class Replayer(RPCProtocol):
         @Identify.responder
@@ -257,6 +301,8 @@ def test_a_recorded_answer_does_not_authenticate_a_new_connection(logged):
     server = RegionServer(service)
     replayer = Replayer()
     pump = connect_in_memory(server, replayer, clock=clock)
+    # As a MAAS cluster does, it challenges the region first.
+    replayer.callRemote(Authenticate, message=bytes(16)).addErrback(lambda _: None)
     pump.flush()
     assert successResultOf(server.authenticated.get()) is False
     assert logged.lines("Authentication of cluster")
@@ -268,9 +314,11 @@ def test_back_pressure_keeps_the_connection_state():
     """Pausing and resuming (the peer stops reading, then reads again)
     changes nothing but reading."""
     proto = RPCProtocol()
-    ready = proto._tlsReady()
-    proto._dropAfterAnswer = True
+    ready = proto.channelReady
+    proto.peerCapabilities = frozenset({"chunked-values"})
+    proto.closeAfterReply()
     proto.pauseProducing()
     proto.resumeProducing()
-    assert proto.tlsReady is ready
-    assert proto._dropAfterAnswer
+    assert proto.channelReady is ready
+    assert proto.peerCapabilities == frozenset({"chunked-values"})
+    assert proto._closeAfterReply

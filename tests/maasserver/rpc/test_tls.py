@@ -131,8 +131,8 @@ def test_mutual_tls_then_the_hmac_handshake(reactor_thread, pki):
         return (
             answer,
             certificateRole(conn.getPeerCertificate()),
-            conn.tlsEstablished,
-            list(cluster.connections.values())[0].tlsEstablished,
+            conn.mode,
+            list(cluster.connections.values())[0].mode,
         )
 
     answer, peer_role, region_tls, cluster_tls = run_mesh(
@@ -140,7 +140,7 @@ def test_mutual_tls_then_the_hmac_handshake(reactor_thread, pki):
     )
     assert answer == {"rating": 8}
     assert peer_role == CLUSTER_ROLE
-    assert region_tls and cluster_tls
+    assert region_tls == cluster_tls == "mtls"
 
 
 def _refused(watch: LogWatch):
@@ -174,11 +174,11 @@ def test_a_region_certificate_cannot_pose_as_a_cluster(reactor_thread, pki):
     assert repr(REGION_ROLE) in text
 
 
-def test_no_fallback_to_plain_tcp(reactor_thread, pki):
-    with LogWatch("Refused Authenticate from") as watch:
+def test_a_region_with_mutual_tls_refuses_a_cluster_without(reactor_thread, pki):
+    with LogWatch("does not use mutual TLS, which this region requires") as watch:
         run_mesh(tls(pki, REGION_ROLE), None, _refused(watch))
 
 
-def test_a_tls_cluster_refuses_a_plain_region(reactor_thread, pki):
-    with LogWatch("does not offer TLS") as watch:
+def test_a_cluster_with_mutual_tls_refuses_a_region_without(reactor_thread, pki):
+    with LogWatch("requires mutual TLS (MAAS_RPC_TLS_*) but the region") as watch:
         run_mesh(None, tls(pki, CLUSTER_ROLE), _refused(watch))

@@ -12,8 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from provisioningserver.rpc.chunking import CHUNK_BYTES, joinChunks, splitLargeValues
 from provisioningserver.rpc.common import RPCProtocol
+from provisioningserver.rpc.exceptions import ArgumentTooLarge, RemoteResponderFailed
 from provisioningserver.rpc.limits import Limits
-from provisioningserver.rpc.testing import connect_in_memory
+from provisioningserver.rpc.testing import connect_in_memory, open_channel
 from provisioningserver.twisted.protocols import amp
 
 _sync = SynchronousTestCase()
@@ -91,11 +92,19 @@ def test_split_then_join_round_trips(sizes):
     assert joinChunks(parsed) == box
 
 
+def agreed(server: RPCProtocol, client: RPCProtocol):
+    """Connect two protocols over the secure channel, where both announce
+    that they reassemble chunked values."""
+    pump = connect_in_memory(server, client)
+    assert open_channel(server, client, pump) == "secure"
+    return pump
+
+
 @pytest.mark.parametrize("size", [65535, 65536, 4 * MIB])
 def test_large_values_cross_the_wire_both_ways(size):
     server = EchoServer()
     client = RPCProtocol()
-    pump = connect_in_memory(server, client)
+    pump = agreed(server, client)
     text = "é" * (size // 2)  # Unicode, encoded to about `size` bytes.
     blob = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
     d = client.callRemote(Echo, payload=text, blob=blob)
@@ -107,14 +116,35 @@ def test_large_values_cross_the_wire_both_ways(size):
     assert successResultOf(d) == {"blob": b"b" * size}
 
 
+@pytest.mark.parametrize("size", [65536, 4 * MIB])
+def test_without_agreement_a_large_value_is_refused_before_sending(size):
+    server = EchoServer()
+    client = RPCProtocol()
+    pump = connect_in_memory(server, client)
+    with pytest.raises(ArgumentTooLarge) as raised:
+        client.callRemote(Echo, payload="", blob=b"x" * size)
+    assert raised.value.key == b"blob" and raised.value.size == size
+    assert "does not reassemble" in str(raised.value)
+    assert isinstance(raised.value, amp.TooLong)
+    assert client.transport.stream == []  # Nothing was sent.
+    # Nor in an answer: an error answer, not a truncated value.
+    d = client.callRemote(Big, size=size)
+    pump.flush()
+    failure = failureResultOf(d, RemoteResponderFailed)
+    assert failure.value.reference is not None
+    d = client.callRemote(Big, size=65535)
+    pump.flush()
+    assert successResultOf(d) == {"blob": b"b" * 65535}
+
+
 def test_an_answer_too_large_to_send_is_an_error_not_a_dropped_connection():
     server = EchoServer(limits=Limits(maxValueBytes=100_000))
     client = RPCProtocol()
-    pump = connect_in_memory(server, client)
+    pump = agreed(server, client)
     d = client.callRemote(Big, size=100_001)
     pump.flush()
-    failure = failureResultOf(d, amp.UnknownRemoteError)
-    assert "blob" in str(failure.value)
+    failure = failureResultOf(d, RemoteResponderFailed)
+    assert failure.value.reference is not None
     d = client.callRemote(Big, size=10)
     pump.flush()
     assert successResultOf(d) == {"blob": b"b" * 10}
@@ -126,7 +156,7 @@ def test_a_receiver_caps_what_it_reassembles():
     try:
         server = EchoServer(limits=Limits(maxBoxBytes=200_000))
         client = RPCProtocol()
-        pump = connect_in_memory(server, client)
+        pump = agreed(server, client)
         d = client.callRemote(Echo, payload="x", blob=b"y" * 300_000)
         pump.flush()
         failureResultOf(d)
@@ -156,9 +186,11 @@ def test_values_that_fit_are_byte_for_byte_stock_amp(payload, blob):
 def test_large_value_boundary_on_the_wire():
     at = _bytes_sent(RPCProtocol(), Echo, payload="", blob=b"a" * 65535)
     assert at == _bytes_sent(amp.AMP(), Echo, payload="", blob=b"a" * 65535)
-    over = amp.parseString(
-        _bytes_sent(RPCProtocol(), Echo, payload="", blob=b"a" * 65536)
-    )[0]
+    agreeing = RPCProtocol()
+    agreeing.peerCapabilities = frozenset({"chunked-values"})
+    over = amp.parseString(_bytes_sent(agreeing, Echo, payload="", blob=b"a" * 65536))[
+        0
+    ]
     assert len(over[b"blob"]) == 65535 and over[b"blob.2"] == b"a"
 
 

@@ -28,10 +28,15 @@ from provisioningserver.rpc.exceptions import (
     ArgumentTooLarge,
     CallTimedOut,
     NoSuchCheese,
+    RemoteResponderFailed,
 )
 from provisioningserver.rpc.interfaces import IConnection
 from provisioningserver.rpc.limits import Limits
-from provisioningserver.rpc.testing import call_responder, connect_in_memory
+from provisioningserver.rpc.testing import (
+    call_responder,
+    connect_in_memory,
+    open_channel,
+)
 from provisioningserver.twisted.protocols import amp
 
 _sync = SynchronousTestCase()
@@ -124,10 +129,17 @@ def test_undeclared_error_is_non_fatal_with_reference(logged):
     server, client, pump = make_pair()
     d = client.callRemote(Boom, n=7)
     pump.flush()
-    failure = failureResultOf(d, amp.UnknownRemoteError)
-    match = re.search(r"\[(\S+:pid=(\d+):cmd=Boom:ask=(\w+))\]", str(failure.value))
-    assert match is not None, str(failure.value)
+    failure = failureResultOf(d, RemoteResponderFailed)
+    # As MAAS answers it: UNHANDLED, "Unknown Error [<reference>]".
+    assert isinstance(failure.value, amp.UnhandledCommand)
+    assert failure.value.errorCode == b"UNHANDLED"
+    match = re.fullmatch(
+        r"Unknown Error \[(\S+:pid=(\d+):cmd=Boom:ask=(\w+))\]",
+        failure.value.description,
+    )
+    assert match is not None, failure.value.description
     reference = match.group(1)
+    assert failure.value.reference == reference
     assert int(match.group(2)) == os.getpid()
     assert match.group(1).startswith(socket.gethostname() + ":")
     assert server.boom_calls == 1
@@ -146,16 +158,18 @@ def test_unknown_command_is_unhandled_not_unknown():
     server, client, pump = make_pair()
     d = server.callRemote(EatCheez, name="Brie", origin="France")
     pump.flush()
-    failureResultOf(d, amp.UnhandledCommand)
-    # UNHANDLED and UNKNOWN stay distinguishable.
-    assert not issubclass(amp.UnhandledCommand, amp.UnknownRemoteError)
+    failure = failureResultOf(d, amp.UnhandledCommand)
+    # Stock AMP's answer for a command the peer does not know, told apart
+    # from a failed responder.
+    assert not isinstance(failure.value, RemoteResponderFailed)
+    assert "Unhandled Command" in str(failure.value)
 
 
 def test_oversize_argument_refused_before_sending():
     server = CheesyProtocol()
     client = RPCProtocol(limits=Limits(maxValueBytes=100_000))
     pump = connect_in_memory(server, client)
-    pump.flush()
+    open_channel(server, client, pump)
     with pytest.raises(ArgumentTooLarge) as info:
         client.callRemote(EatCheez, name="x" * 100_001, origin="here")
     assert info.value.key == b"name"
@@ -444,5 +458,5 @@ def test_no_fallback_when_the_peer_knows_the_newer_form(reactor_thread):
 
 
 def test_no_fallback_when_the_newer_responder_crashes(reactor_thread):
-    with pytest.raises(amp.UnknownRemoteError):
+    with pytest.raises(RemoteResponderFailed):
         _skew(NewerCheesyProtocol, -1)

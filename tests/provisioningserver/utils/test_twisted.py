@@ -1421,3 +1421,41 @@ def test_threads_calling_in_while_the_reactor_stops_never_hang():
         """
     )
     assert code == 23, output
+
+
+def test_handoff_without_crochet_says_what_is_missing():
+    """A reactor run in a thread without crochet: the hand-off cannot learn
+    when it stops, so it refuses, saying so (as crochet itself needs
+    setup() or no_setup())."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import os, threading
+                from twisted.internet import reactor
+                from provisioningserver.utils.twisted import asynchronous
+                running = threading.Event()
+                reactor.callWhenRunning(running.set)
+                thread = threading.Thread(
+                    target=reactor.run, kwargs={"installSignalHandlers": False}
+                )
+                thread.start()
+                running.wait(30)
+                code = 3
+                try:
+                    asynchronous(lambda: 1, timeout=30)()
+                except RuntimeError as e:
+                    code = 23 if "crochet.setup()" in str(e) else 4
+                reactor.callFromThread(reactor.stop)
+                thread.join(30)
+                os._exit(code)
+                """
+            ),
+        ],
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 23, completed.stdout + completed.stderr

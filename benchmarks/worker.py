@@ -113,6 +113,12 @@ class Control(LineReceiver):
     def cmd_ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "role": self.role}
 
+    def cmd_metrics(self, on: bool) -> dict[str, Any]:
+        """Turn Prometheus metrics on or off in this process (for P1m)."""
+        from provisioningserver import metrics
+
+        return {"observed": metrics.observe(on)}
+
     def cmd_rss(self) -> dict[str, Any]:
         return {"rss": rss()}
 

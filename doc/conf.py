@@ -33,6 +33,8 @@ extensions = [
     "sphinx.ext.viewcode",
     "repoze.sphinx.autointerface",
     "python_names",
+    "maasrpc_docs",
+    "perf_figures",
 ]
 
 autodoc_member_order = "bysource"
@@ -64,9 +66,10 @@ python_names_aliases = {"amp": "provisioningserver.twisted.protocols.amp"}
 
 nitpicky = True
 nitpick_ignore_regex = [
-    # crochet, zope.interface, OpenSSL (pyOpenSSL), treq and platformdirs
-    # publish no inventory this offline build can read (their docs are Sphinx
-    # sites on the network), so references to their objects stay unlinked.
+    # crochet, zope.interface, OpenSSL (pyOpenSSL), treq, platformdirs and
+    # prometheus_client publish no inventory this offline build can read
+    # (their docs are Sphinx sites on the network), so references to their
+    # objects stay unlinked.
     # Only names under these packages are ignored; a typo in one of our own
     # names still fails the build.
     (r"py:(mod|class|exc|func|meth|attr|data|obj)", r"crochet(\..+)?"),
@@ -74,6 +77,7 @@ nitpick_ignore_regex = [
     (r"py:(mod|class|exc|func|meth|attr|data|obj)", r"OpenSSL(\..+)?"),
     (r"py:(mod|class|exc|func|meth|attr|data|obj)", r"treq(\..+)?"),
     (r"py:(mod|class|exc|func|meth|attr|data|obj)", r"platformdirs(\..+)?"),
+    (r"py:(mod|class|exc|func|meth|attr|data|obj)", r"prometheus_client(\..+)?"),
     # Type variables: ``class UseOnceIterator(Iterator[T])`` shows its base
     # as ``Iterator[T]``, and a TypeVar is no documented object.
     (r"py:(class|obj)", r"maasserver\.utils\.asynchronous\.T"),
@@ -95,7 +99,9 @@ if _twisted is None:
         (r"py:.*", r"(provisioningserver\.twisted\.protocols\.)?amp\..+"),
     ]
 
-html_theme = "alabaster"
+# Furo: a layout as wide as the reader's window, so wide code blocks (the
+# command listings, the handshake diagram) are not cut off.
+html_theme = "furo"
 exclude_patterns = ["_build"]
 
 

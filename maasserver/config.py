@@ -1,62 +1,25 @@
 """Configuration of a region event-loop process, from the environment.
 
-Variables (command-line flags mirror them and take precedence):
-
-``MAAS_RPC_DATA_DIR``
-    Holds the ``secret`` file and the SQLite advertisement store, shared by
-    every event-loop process on the host; default a per-user data directory.
-``MAAS_RPC_HTTP_PORT``
-    The discovery (web) port, shared by all event-loops on the host
-    (``SO_REUSEPORT``); default 5240.
-``MAAS_RPC_PORTS``
-    RPC ports to try, first free wins: ``N``, ``N-M``, or ``0`` for any free
-    port; default ``5250-5259``.
-``MAAS_RPC_BIND``
-    One address to listen on; default all interfaces.
-``MAAS_RPC_HANDSHAKE_TIMEOUT``
-    Seconds a cluster may take to complete the handshake; default 30.
-``MAAS_RPC_ADVERTISE_INTERVAL``
-    Seconds between refreshes of this event-loop's advertisement; default 60.
-``MAAS_RPC_ADVERTISE_EXPIRY``
-    Seconds after which an advertisement that was not refreshed is deleted;
-    default 300.
-``MAAS_RPC_STATUS``
-    ``1`` to keep a status file per event-loop (its connected clusters) in
-    ``<data dir>/status/``, for supervisors and the demo; default off.
-``MAAS_RPC_DATABASE_URL``
-    A ``postgresql://`` (or ``postgres://``) URL: keep the advertisement
-    store in that PostgreSQL database, which event-loops on several hosts can
-    share, instead of the SQLite file in the data directory; libpq's ``PG*``
-    variables supply what the URL leaves out. Needs psycopg 3
-    (``maas-rpc[postgresql]``). Default unset: SQLite.
-``MAAS_RPC_IDLE_TIMEOUT``
-    Seconds after which a cluster connection the region has heard nothing
-    from is dropped (default 90; clusters ping every 30).
-``MAAS_RPC_TLS_CA``, ``MAAS_RPC_TLS_CERT``, ``MAAS_RPC_TLS_KEY``
-    PEM files that turn on mutual TLS, required from every cluster (see
-    :mod:`provisioningserver.rpc.tls`); all three or none.
-``MAAS_RPC_MAX_*``
-    Limits per peer (see :mod:`provisioningserver.rpc.limits`).
-``MAAS_RPC_ALLOW_LEGACY_PEERS``
-    ``1`` to accept clusters that do not offer the secure channel (MAAS
-    clusters), with MAAS's plain, unencrypted handshake; default ``0``.
+Every variable a region reads, its default and its meaning are in the one
+table of settings, :data:`provisioningserver.settings.SETTINGS` (the
+documentation's settings list is generated from it); command-line flags
+mirror the variables and take precedence. :meth:`RegionConfig.from_env`
+checks them all before anything starts.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from provisioningserver import settings
 from provisioningserver.config import (
-    ConfigError,
-    default_data_dir,
-    env_bool,
-    env_float,
-    env_int,
-    parse_ports,
+    data_dir_from,
+    load_secret,
+    secret_file_from,
 )
 from provisioningserver.rpc.limits import Limits
 from provisioningserver.rpc.tls import REGION_ROLE, TLSConfig
@@ -86,8 +49,21 @@ class RegionConfig:
         plain TCP.
     :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
         to each cluster connection.
-    :ivar allow_legacy_peers: whether clusters that do not offer the secure
-        channel are accepted.
+    :ivar secret_file: ``MAAS_RPC_SECRET_FILE``, or ``None`` for ``secret``
+        in the data directory.
+    :ivar protocol: ``MAAS_RPC_REGION_PROTOCOL`` (``module:Class``), or
+        ``None`` for :class:`~maasserver.rpc.regionservice.RegionServer`.
+    :ivar allow_legacy_peers: whether MAAS and stock-AMP clusters are
+        accepted.
+    :ivar metrics_port: the loopback port of the Prometheus metrics, or
+        ``None`` for none.
+    :ivar drain_timeout: seconds calls in progress may take to finish on
+        SIGTERM.
+    :ivar control: whether to open a control socket.
+    :ivar log_level: the lowest level logged.
+    :ivar http_fd: a listening socket's file descriptor to serve discovery
+        on (handed down by ``maas-rpc region``), or ``None`` to bind
+        ``http_port``.
     """
 
     data_dir: Path
@@ -102,12 +78,36 @@ class RegionConfig:
     idle_timeout: float = 90.0
     tls: TLSConfig | None = None
     limits: Limits = field(default_factory=Limits)
+    secret_file: Path | None = None
+    protocol: str | None = None
     allow_legacy_peers: bool = False
+    metrics_port: int | None = None
+    drain_timeout: float = 10.0
+    control: bool = True
+    log_level: str = "info"
+    http_fd: int | None = None
 
     @property
     def secret_path(self) -> Path:
-        """The shared ``secret`` file."""
-        return self.data_dir / "secret"
+        """The shared secret's file (``secret`` in the data directory unless
+        ``MAAS_RPC_SECRET_FILE`` says otherwise)."""
+        return self.secret_file or self.data_dir / "secret"
+
+    @property
+    def control_dir(self) -> Path:
+        """Where the event-loops' control sockets are."""
+        return self.data_dir / "control"
+
+    def load_secret(self) -> bytes:
+        """Read the shared secret, creating it if no process has yet.
+
+        :return: the raw secret.
+        :raises ConfigError: when it is malformed, a directory, or
+            unreadable; the message names the variable to fix.
+        """
+        return load_secret(
+            self.secret_path, given=self.secret_file is not None, create=True
+        )
 
     @property
     def store_path(self) -> Path:
@@ -133,40 +133,34 @@ class RegionConfig:
         """
         env = dict(os.environ if environ is None else environ)
         env.update({k: v for k, v in overrides.items() if v is not None})
-        data_dir = Path(
-            env.get("MAAS_RPC_DATA_DIR") or default_data_dir("region")
-        ).expanduser()
-        bind = (env.get("MAAS_RPC_BIND") or "").strip()
-        if bind:
-            try:
-                ipaddress.ip_address(bind)
-            except ValueError:
-                raise ConfigError(
-                    f"MAAS_RPC_BIND={bind!r} is not an IP address"
-                ) from None
-        status = (env.get("MAAS_RPC_STATUS") or "").strip().lower()
-        if status not in ("", "0", "1", "yes", "no", "true", "false"):
-            raise ConfigError(f"MAAS_RPC_STATUS={status!r} is not 0 or 1")
-        database_url = (env.get("MAAS_RPC_DATABASE_URL") or "").strip() or None
-        if database_url is not None and not database_url.startswith(
-            ("postgresql://", "postgres://")
-        ):
-            # The value may hold a password: not repeated here.
-            raise ConfigError(
-                "MAAS_RPC_DATABASE_URL must start with postgresql:// or postgres://"
-            )
+        settings.checkEnvironment(env, ["region"])
+
+        def get(name: str, default: Any = None) -> Any:
+            return settings.setting(name).value(env, default)
+
+        data_dir = data_dir_from(env, "region")
+        secret_file = (
+            secret_file_from(env, data_dir) if get("MAAS_RPC_SECRET_FILE") else None
+        )
         return cls(
             data_dir=data_dir,
-            http_port=env_int(env, "MAAS_RPC_HTTP_PORT", 5240, maximum=65535),
-            ports=parse_ports(env.get("MAAS_RPC_PORTS") or "5250-5259"),
-            bind=bind,
-            handshake_timeout=env_float(env, "MAAS_RPC_HANDSHAKE_TIMEOUT", 30.0),
-            advertise_interval=env_float(env, "MAAS_RPC_ADVERTISE_INTERVAL", 60.0),
-            advertise_expiry=env_float(env, "MAAS_RPC_ADVERTISE_EXPIRY", 300.0),
-            status=status in ("1", "yes", "true"),
-            database_url=database_url,
-            idle_timeout=env_float(env, "MAAS_RPC_IDLE_TIMEOUT", 90.0),
+            http_port=get("MAAS_RPC_HTTP_PORT", 5240),
+            ports=get("MAAS_RPC_PORTS", range(5250, 5260)),
+            bind=get("MAAS_RPC_BIND", ""),
+            handshake_timeout=get("MAAS_RPC_HANDSHAKE_TIMEOUT", 30.0),
+            advertise_interval=get("MAAS_RPC_ADVERTISE_INTERVAL", 60.0),
+            advertise_expiry=get("MAAS_RPC_ADVERTISE_EXPIRY", 300.0),
+            status=get("MAAS_RPC_STATUS", False),
+            database_url=get("MAAS_RPC_DATABASE_URL"),
+            idle_timeout=get("MAAS_RPC_IDLE_TIMEOUT", 90.0),
             tls=TLSConfig.from_env(env, REGION_ROLE),
             limits=Limits.from_env(env),
-            allow_legacy_peers=env_bool(env, "MAAS_RPC_ALLOW_LEGACY_PEERS"),
+            secret_file=secret_file,
+            protocol=get("MAAS_RPC_REGION_PROTOCOL"),
+            allow_legacy_peers=get("MAAS_RPC_ALLOW_LEGACY_PEERS", False),
+            metrics_port=get("MAAS_RPC_METRICS_PORT"),
+            drain_timeout=get("MAAS_RPC_DRAIN_TIMEOUT", 10.0),
+            control=get("MAAS_RPC_CONTROL", True),
+            log_level=get("MAAS_RPC_LOG_LEVEL", "info"),
+            http_fd=get("MAAS_RPC_HTTP_FD"),
         )

@@ -7,10 +7,15 @@ It starts, on 127.0.0.1, in a temporary directory with a fresh secret:
 * three clusters: two processes, and one in this process (so that the demo
   can show a cluster calling the region through ``getRegionClient``).
 
-It shows the mesh forming (each event-loop keeps a status file of its
-connections in the data directory), calls ``EatCheez`` on every cluster from
-this (non-reactor) thread with ``getAllClients`` and ``gather``, has the
-in-process cluster call the region, and stops everything.
+It names each cluster by its UUID as it starts, shows the mesh forming
+(each event-loop keeps a status file of its connections in the data
+directory), calls ``EatCheez`` on every cluster from this (non-reactor)
+thread with ``getAllClients`` and ``gather``, has the in-process cluster call
+the region, stops everything, and ends with the commands to try next
+(:data:`NEXT_STEPS`).
+
+Like ``maas-rpc region``, it listens on the discovery port once and hands
+the listening socket to both event-loops (``MAAS_RPC_HTTP_FD``).
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHEESES", "run_demo"]
+__all__ = ["CHEESES", "NEXT_STEPS", "meshConnections", "run_demo"]
 
 #: What the demo asks each cluster to rate: (name, origin).
 CHEESES = [
@@ -32,6 +38,21 @@ CHEESES = [
     ("Gouda", "Netherlands"),
     ("Stilton", "England"),
 ]
+
+
+#: What the demo suggests to try next, printed when it ends.
+NEXT_STEPS = """\
+Next, run it yourself (each in its own terminal, or with & at the end):
+
+  maas-rpc region --workers 2 --data-dir /tmp/mr/region --bind 127.0.0.1
+  mkdir -p /tmp/mr/cluster && cp /tmp/mr/region/secret /tmp/mr/cluster/
+  maas-rpc cluster --data-dir /tmp/mr/cluster --maas-url http://127.0.0.1:5240/MAAS
+  maas-rpc status --data-dir /tmp/mr/region
+  maas-rpc call EatCheez name=Brie origin=France --all --data-dir /tmp/mr/region
+  maas-rpc status --cluster --data-dir /tmp/mr/cluster
+
+See "Operating it" in the documentation for status, call, metrics and systemd.
+"""
 
 
 def _say(message: str) -> None:
@@ -99,9 +120,9 @@ def _demo(
     import crochet
 
     from maasserver import eventloop
-    from maasserver.cli import reservePort
     from maasserver.config import RegionConfig
     from maasserver.rpc import getAllClients
+    from maasserver.supervisor import listeningSocket
     from maasserver.utils.asynchronous import gather
     from provisioningserver.config import ClusterConfig
     from provisioningserver.rpc import getRegionClient
@@ -112,8 +133,8 @@ def _demo(
 
     regionDir = workdir / "region"
     get_or_create_shared_secret(regionDir / "secret")
-    reserved = reservePort("127.0.0.1")
-    httpPort = reserved.getsockname()[1]
+    httpSocket = listeningSocket("127.0.0.1", 0)
+    httpPort = httpSocket.getsockname()[1]
     maasURL = f"http://127.0.0.1:{httpPort}/MAAS"
     _say(f"maas-rpc demo in {workdir}")
     _say(f"  region discovery at {maasURL}/rpc/ (a fresh shared secret)")
@@ -127,6 +148,7 @@ def _demo(
         **baseEnv,
         "MAAS_RPC_DATA_DIR": str(regionDir),
         "MAAS_RPC_HTTP_PORT": str(httpPort),
+        "MAAS_RPC_HTTP_FD": str(httpSocket.fileno()),
         "MAAS_RPC_PORTS": "0",
         "MAAS_RPC_BIND": "127.0.0.1",
         "MAAS_RPC_STATUS": "1",
@@ -144,6 +166,7 @@ def _demo(
         env=regionEnv,
         stdout=quiet,
         stderr=quiet,
+        pass_fds=(httpSocket.fileno(),),
     )
     children.append(worker)
     waitFor(
@@ -152,7 +175,8 @@ def _demo(
         timeout=timeout,
         interval=0.1,
     )
-    reserved.close()
+    # Both event-loops serve the discovery socket now.
+    httpSocket.close()
     _say(f"  event-loop pid={worker.pid} started (a worker process)")
 
     # Clusters 1 and 2: processes, each with its own data directory and a
@@ -167,14 +191,19 @@ def _demo(
         clusterDir = workdir / f"cluster-{n}"
         clusterDir.mkdir()
         shutil.copy(regionDir / "secret", clusterDir / "secret")
+        clusterUUID = str(uuid.uuid4())
         child = subprocess.Popen(
             [sys.executable, "-m", "provisioningserver.cli", "cluster"],
-            env={**clusterEnv, "MAAS_RPC_DATA_DIR": str(clusterDir)},
+            env={
+                **clusterEnv,
+                "MAAS_RPC_DATA_DIR": str(clusterDir),
+                "MAAS_RPC_CLUSTER_UUID": clusterUUID,
+            },
             stdout=quiet,
             stderr=quiet,
         )
         children.append(child)
-        _say(f"  cluster {n} started (process pid={child.pid})")
+        _say(f"  cluster {clusterUUID} started (process pid={child.pid})")
 
     # Cluster 3: in this process.
     clusterDir = workdir / "cluster-3"
@@ -193,7 +222,7 @@ def _demo(
         assert services.running
 
     startCluster()
-    _say(f"  cluster 3 started (in this process, uuid {clusterConfig.cluster_uuid})")
+    _say(f"  cluster {clusterConfig.cluster_uuid} started (in this process)")
 
     # The mesh: every event-loop connected to every cluster.
     expected = 2 * 3
@@ -239,7 +268,10 @@ def _demo(
 
     # Cluster -> region, through getRegionClient, from this thread.
     answer = getRegionClient()(Identify).wait(timeout)
-    _say(f"  cluster 3 called the region: Identify -> {answer['ident']}")
+    _say(
+        f"  cluster {clusterConfig.cluster_uuid} called the region: Identify -> "
+        f"{answer['ident']}"
+    )
 
     # Stop everything.
     @crochet.wait_for(timeout)
@@ -255,4 +287,6 @@ def _demo(
         child.wait(timeout)
     eventloop.stop().wait(timeout)
     _say("stopped every process; demo complete")
+    _say("")
+    _say(NEXT_STEPS.rstrip())
     return 0

@@ -11,7 +11,19 @@ services:
     keeps this event-loop's addresses in the shared store.
 ``web``
     :class:`~maasserver.web.WebService`, which serves discovery
-    (``GET /MAAS/rpc/``).
+    (``GET /MAAS/rpc/``);
+``control``
+    :class:`~provisioningserver.control.ControlService`, the control socket
+    that ``maas-rpc status`` and ``maas-rpc call`` use (unless
+    ``MAAS_RPC_CONTROL=0``);
+``metrics``
+    :class:`~provisioningserver.metrics.MetricsService`, Prometheus metrics
+    on a loopback port (only with ``MAAS_RPC_METRICS_PORT``, and not in a
+    worker of ``maas-rpc region``, whose supervisor serves them).
+
+Stopping them (:func:`stop`, SIGTERM) first drains the cluster connections
+(:mod:`provisioningserver.drain`): calls in progress may finish, for up to
+``MAAS_RPC_DRAIN_TIMEOUT`` seconds, while new ones are refused.
 
 They are created when the loop starts, not when this module is imported.
 The module-level :data:`loop` is this process's event-loop, and
@@ -39,6 +51,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from maasserver.config import RegionConfig
 from maasserver.rpc.regionservice import (
@@ -52,7 +65,7 @@ from maasserver.rpc.stores import (
     SQLiteAdvertisementStore,
 )
 from maasserver.web import WebService, makeSite
-from provisioningserver.security import get_or_create_shared_secret
+from provisioningserver.drain import DrainingMultiService
 from provisioningserver.utils.twisted import asynchronous, isInReactorThread
 
 __all__ = [
@@ -77,8 +90,19 @@ class RegionEventLoop:
     """
 
     def __init__(self) -> None:
-        self.services = MultiService()
+        self.services: MultiService = DrainingMultiService(
+            self._liveConnections, self._drainTimeout
+        )
         self.config: RegionConfig | None = None
+
+    def _liveConnections(self) -> list[Any]:
+        try:
+            return list(self.services.getServiceNamed("rpc").live)
+        except KeyError:
+            return []
+
+    def _drainTimeout(self) -> float:
+        return self.config.drain_timeout if self.config is not None else 10.0
 
     @property
     def name(self) -> str:
@@ -116,8 +140,8 @@ class RegionEventLoop:
             raise RuntimeError("the event-loop's services exist already")
         if config is None:
             config = RegionConfig.from_env(environ)
+        secret = config.load_secret()
         self.config = config
-        secret = get_or_create_shared_secret(config.secret_path)
         store: IAdvertisementStore
         if config.database_url:
             store = PostgreSQLAdvertisementStore(config.database_url)
@@ -152,9 +176,82 @@ class RegionEventLoop:
             expiry=config.advertise_expiry,
         )
         advertise.setServiceParent(self.services)
-        web = WebService(makeSite(advertise), config.http_port, config.bind)
+        if config.http_fd is not None:
+            # Several processes wait on it: accept() must never block.
+            os.set_blocking(config.http_fd, False)
+        web = WebService(
+            makeSite(advertise), config.http_port, config.bind, fd=config.http_fd
+        )
         web.setServiceParent(self.services)
+        if config.control:
+            from maasserver.control import regionHandlers
+            from provisioningserver.control import ControlService
+
+            ControlService(config.control_dir, regionHandlers(rpc)).setServiceParent(
+                self.services
+            )
+        from provisioningserver import metrics
+
+        served = metrics.setUp(config.metrics_port, environ)
+        if served is not None:
+            served.setServiceParent(self.services)
         return self.services
+
+    def whenReady(self) -> Deferred[None]:
+        """Fire once the event-loop listens and advertises.
+
+        :return: a Deferred that fires with ``None``, or fails with why the
+            event-loop could not start.
+        """
+        rpc = self.services.getServiceNamed("rpc")
+        advertise = self.services.getServiceNamed("rpc-advertise")
+        started: Deferred[Any] = Deferred()
+
+        def passOn(result: Any) -> Any:
+            if isinstance(result, Failure):
+                started.errback(result)
+            else:
+                started.callback(None)
+            return result
+
+        rpc.starting.addBoth(passOn)
+        started.addCallback(lambda _: advertise.advertising.get())
+        return started.addCallback(lambda _: None)
+
+    def describe(self) -> str:
+        """One line that says where this event-loop is and serves.
+
+        :return: e.g. ``Region event-loop host:pid=7 ready: data directory
+            ..., secret ..., RPC on 127.0.0.1:5250, discovery at ...``.
+        """
+        config = self.config
+        if config is None:
+            return f"Region event-loop {self.name} is not configured."
+        rpc = self.services.getServiceNamed("rpc")
+        web = self.services.getServiceNamed("web")
+        host = config.bind or "0.0.0.0"
+        parts = [
+            f"data directory {config.data_dir}",
+            f"secret {config.secret_path}",
+            f"RPC on {host}:{rpc.getPort()}",
+            f"discovery at http://{config.bind or 'localhost'}:{web.getPort()}"
+            "/MAAS/rpc/"
+            + (
+                " (shared with the region's workers)"
+                if config.http_fd is not None
+                else ""
+            ),
+        ]
+        try:
+            parts.append(f"control {self.services.getServiceNamed('control').path}")
+        except KeyError:
+            pass
+        try:
+            metricsService = self.services.getServiceNamed("metrics")
+            parts.append(f"metrics at {metricsService.url}")
+        except KeyError:
+            pass
+        return f"Region event-loop {self.name} ready: " + ", ".join(parts) + "."
 
     def _start(self, config: RegionConfig | None, protocol: Any) -> Deferred[None]:
         if not self.populated:
@@ -163,10 +260,7 @@ class RegionEventLoop:
             # "rpc" binds its port synchronously, before "rpc-advertise"
             # first runs and advertises it.
             self.services.startService()
-        rpc = self.services.getServiceNamed("rpc")
-        advertise = self.services.getServiceNamed("rpc-advertise")
-        d = rpc.starting.addCallback(lambda _: advertise.advertising.get())
-        return d.addCallback(lambda _: None)
+        return self.whenReady()
 
     def start(
         self,

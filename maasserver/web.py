@@ -9,19 +9,21 @@ or ``{"eventloops": null}`` while this event-loop has not advertised itself
 yet, which means "ask again later". It reveals event-loop names, addresses
 and ports, nothing else, and it runs nothing.
 
-Several event-loop processes on one host share the HTTP port: each binds it
-with ``SO_REUSEPORT`` and the kernel spreads connections among them.
+The event-loops of one region on one host share the HTTP port: ``maas-rpc
+region`` binds and listens on it once and hands the listening socket to each
+worker (:class:`WebService` with ``fd``), and the kernel spreads connections
+among them. A process of another region cannot join: its bind fails.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.tcp import makeBinding
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.pages import notFound
@@ -125,21 +127,30 @@ def makeSite(advertising: Any) -> Site:
 
 
 class WebService(Service):
-    """Serves the region's site on a port shared with the host's other
-    event-loops (``SO_REUSEPORT``).
+    """Serves the region's site on its own port, or on a listening socket
+    handed down by ``maas-rpc region`` and shared with the region's other
+    event-loops.
 
     :param site: the site to serve.
     :param port: the TCP port; 0 for any free port.
     :param interface: the address to listen on; ``""`` for all.
     :param reactor: the reactor; the global one when ``None``.
+    :param fd: a listening socket's file descriptor to serve on instead of
+        binding ``port`` (it is duplicated; the caller keeps its own).
     """
 
     name = "web"  # type: ignore[assignment]
 
     def __init__(
-        self, site: Site, port: int, interface: str = "", reactor: Any = None
+        self,
+        site: Site,
+        port: int,
+        interface: str = "",
+        reactor: Any = None,
+        fd: int | None = None,
     ) -> None:
         self.site = site
+        self.fd = fd
         self.port = port
         self.interface = interface
         self._reactor = reactor
@@ -149,15 +160,18 @@ class WebService(Service):
         """Start listening.
 
         :raises twisted.internet.error.CannotListenError: when the port is
-            taken by a process that does not share it.
+            taken.
         """
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
-        binding = makeBinding(
-            self.interface, self.port, reuseAddress=True, reusePort=True
-        )
-        self._listening = reactor.listenTCP(binding, self.site)
+        if self.fd is not None:
+            family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
+            self._listening = reactor.adoptStreamPort(self.fd, family, self.site)
+        else:
+            self._listening = reactor.listenTCP(
+                self.port, self.site, interface=self.interface
+            )
         super().startService()
 
     def stopService(self) -> Deferred[None]:

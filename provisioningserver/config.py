@@ -2,39 +2,14 @@
 
 Every setting of a region or cluster process can be given in the
 environment; command-line flags mirror the variables and take precedence.
-Values are parsed and checked before the reactor starts, so a bad value stops
-the process with one clear line (a :class:`ConfigError`) rather than a
+Every variable, its default and its meaning are in one table,
+:data:`provisioningserver.settings.SETTINGS`. Values are parsed and checked
+before the reactor starts, so a bad value stops the process with one clear
+line (a :class:`ConfigError`) that names the variable, rather than a
 traceback later.
 
-Variables a cluster reads (see :class:`ClusterConfig`):
-
-``MAAS_URL``
-    Where the region serves discovery; default ``http://localhost:5240/MAAS``.
-``MAAS_RPC_DATA_DIR``
-    Where the cluster keeps its UUID (and, by default, its ``secret``).
-``MAAS_RPC_SECRET_FILE``
-    The shared secret; default ``secret`` in the data directory.
-``MAAS_RPC_CLUSTER_UUID``
-    The cluster's UUID; generated once and kept in the data directory when
-    unset.
-``MAAS_RPC_HANDSHAKE_TIMEOUT``
-    Seconds a connection may take to complete the handshake (default 30).
-``MAAS_RPC_CONNECT_TIMEOUT``
-    Seconds a TCP connection attempt may take (default 10).
-``MAAS_RPC_POLL_DISCONNECTED``, ``MAAS_RPC_POLL_PARTIAL``, ``MAAS_RPC_POLL_CONNECTED``
-    Seconds between discovery polls with no connection (default 2), with
-    some (10), and with every advertised event-loop connected (30).
-``MAAS_RPC_KEEPALIVE_INTERVAL``, ``MAAS_RPC_KEEPALIVE_TIMEOUT``
-    Seconds between pings on each region connection (default 30), and how
-    long one may take before the connection is dropped (10).
-``MAAS_RPC_TLS_CA``, ``MAAS_RPC_TLS_CERT``, ``MAAS_RPC_TLS_KEY``
-    PEM files that turn on mutual TLS (see :mod:`provisioningserver.rpc.tls`);
-    all three or none.
-``MAAS_RPC_MAX_OUTSTANDING``, ``MAAS_RPC_MAX_UNSENT``
-    Limits per connection (see :mod:`provisioningserver.rpc.limits`).
-``MAAS_RPC_ALLOW_LEGACY_PEERS``
-    ``1`` to accept region event-loops that do not offer the secure channel
-    (MAAS regions), with MAAS's plain, unencrypted handshake; default ``0``.
+:class:`ClusterConfig` is what a cluster process reads;
+:class:`maasserver.config.RegionConfig` what a region event-loop reads.
 """
 
 from __future__ import annotations
@@ -45,11 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import platformdirs
 
-from provisioningserver.security import SecretError, read_shared_secret
+from provisioningserver import settings
+from provisioningserver.security import (
+    SecretError,
+    get_or_create_shared_secret,
+    read_shared_secret,
+)
 
 __all__ = [
     "ClusterConfig",
@@ -59,6 +38,7 @@ __all__ = [
     "env_float",
     "env_int",
     "get_or_create_cluster_uuid",
+    "load_secret",
     "parse_maas_url",
     "parse_ports",
 ]
@@ -168,22 +148,10 @@ def parse_ports(text: str, name: str = "MAAS_RPC_PORTS") -> range:
     :return: the ports to try, in order (``range(0, 1)`` for any).
     :raises ConfigError: when the text is malformed or out of 0..65535.
     """
-    spec = text.strip()
     try:
-        if "-" in spec:
-            first_text, last_text = spec.split("-", 1)
-            first, last = int(first_text), int(last_text)
-        else:
-            first = last = int(spec)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a port, a range N-M, or 0") from None
-    if not (0 <= first <= 65535 and 0 <= last <= 65535):
-        raise ConfigError(f"{name}={text!r}: ports must be within 0..65535")
-    if last < first:
-        raise ConfigError(f"{name}={text!r}: the range is empty")
-    if first == 0 and last != 0:
-        raise ConfigError(f"{name}={text!r}: 0 means any port and takes no range")
-    return range(first, last + 1)
+        return settings.ports(text)
+    except settings.InvalidValue as error:
+        raise ConfigError(f"{name}={text!r} {error}") from None
 
 
 def parse_maas_url(text: str, name: str = "MAAS_URL") -> str:
@@ -194,15 +162,10 @@ def parse_maas_url(text: str, name: str = "MAAS_URL") -> str:
     :return: the URL without a trailing slash.
     :raises ConfigError: when it is not an http(s) URL with a host.
     """
-    url = text.strip()
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(f"{name}={text!r} is not an http:// or https:// URL")
     try:
-        parsed.port  # noqa: B018 - validates the port
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} has a malformed port") from None
-    return url.rstrip("/")
+        return settings.url(text)
+    except settings.InvalidValue as error:
+        raise ConfigError(f"{name}={text!r} {error}") from None
 
 
 def get_or_create_cluster_uuid(data_dir: Path) -> str:
@@ -212,24 +175,99 @@ def get_or_create_cluster_uuid(data_dir: Path) -> str:
 
     :param data_dir: the cluster's data directory.
     :return: the UUID as text.
-    :raises ConfigError: when the file holds something that is not a UUID.
+    :raises ConfigError: when the file holds something that is not a UUID,
+        or the data directory cannot be written or read.
     """
     path = data_dir / "cluster_uuid"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".cluster_uuid.{os.getpid()}")
-        temp.write_text(str(uuid_module.uuid4()) + "\n")
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            pass
-        finally:
-            temp.unlink(missing_ok=True)
-    text = path.read_text().strip()
+    try:
+        if not path.exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            temp = path.with_name(f".cluster_uuid.{os.getpid()}")
+            temp.write_text(str(uuid_module.uuid4()) + "\n")
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                pass
+            finally:
+                temp.unlink(missing_ok=True)
+        text = path.read_text().strip()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot keep the cluster's UUID in {path} ({_reason(error)}); "
+            "check MAAS_RPC_DATA_DIR"
+        ) from None
     try:
         return str(uuid_module.UUID(text))
     except ValueError:
         raise ConfigError(f"{path} does not hold a UUID: {text!r}") from None
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def data_dir_from(env: Mapping[str, str], role: str) -> Path:
+    """The data directory a process of ``role`` uses.
+
+    :param env: the environment (with flags applied).
+    :param role: ``"region"`` or ``"cluster"``.
+    :return: ``MAAS_RPC_DATA_DIR``, or the per-user default.
+    :raises ConfigError: when ``MAAS_RPC_DATA_DIR`` names something that is
+        not a directory.
+    """
+    data_dir = Path(
+        settings.setting("MAAS_RPC_DATA_DIR").value(env) or default_data_dir(role)
+    ).expanduser()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError(f"MAAS_RPC_DATA_DIR={str(data_dir)!r} is not a directory")
+    return data_dir
+
+
+def secret_file_from(env: Mapping[str, str], data_dir: Path) -> Path:
+    """The shared secret's file: ``MAAS_RPC_SECRET_FILE`` or ``<data dir>/secret``.
+
+    :param env: the environment (with flags applied).
+    :param data_dir: the data directory.
+    :return: the path.
+    :raises ConfigError: when ``MAAS_RPC_SECRET_FILE`` is malformed.
+    """
+    given = settings.setting("MAAS_RPC_SECRET_FILE").value(env)
+    return Path(given).expanduser() if given else data_dir / "secret"
+
+
+def load_secret(path: Path, *, given: bool, create: bool) -> bytes:
+    """Read (or, for a region, create) the shared secret, in one clear line.
+
+    :param path: the secret's file.
+    :param given: whether ``MAAS_RPC_SECRET_FILE`` named it (the error names
+        that variable then; ``MAAS_RPC_DATA_DIR`` otherwise).
+    :param create: whether to create it when missing (a region does).
+    :return: the raw secret.
+    :raises ConfigError: when it is missing, malformed, a directory, or
+        unreadable.
+    """
+    where = (
+        f"MAAS_RPC_SECRET_FILE={str(path)!r}"
+        if given
+        else f"the shared secret {str(path)!r} (in MAAS_RPC_DATA_DIR)"
+    )
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{where} is a directory, not a secret file")
+        if create:
+            return get_or_create_shared_secret(path)
+        return read_shared_secret(path)
+    except SecretError as error:
+        detail = str(error).removeprefix(f"{path}: ")
+        if "no shared secret" in detail:
+            raise ConfigError(
+                f"{where} does not exist; set MAAS_RPC_SECRET_FILE to a copy of "
+                "the region's secret file"
+            ) from None
+        raise ConfigError(f"{where} is malformed: {detail}") from None
+    except OSError as error:
+        verb = "cannot be read or created" if create else "cannot be read"
+        raise ConfigError(f"{where} {verb}: {_reason(error)}") from None
 
 
 @dataclass(frozen=True)
@@ -252,8 +290,15 @@ class ClusterConfig:
         plain TCP.
     :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
         to each connection.
-    :ivar allow_legacy_peers: whether region event-loops that do not offer
-        the secure channel are accepted.
+    :ivar secret_path: where the secret was read from.
+    :ivar allow_legacy_peers: whether MAAS and stock-AMP regions are
+        accepted.
+    :ivar metrics_port: the loopback port of the Prometheus metrics, or
+        ``None`` for none.
+    :ivar drain_timeout: seconds calls in progress may take to finish on
+        SIGTERM.
+    :ivar control: whether to open the control socket.
+    :ivar log_level: the lowest level logged.
     """
 
     maas_url: str
@@ -269,7 +314,17 @@ class ClusterConfig:
     keepalive_timeout: float = 10.0
     tls: Any = None
     limits: Any = None
+    secret_path: Path | None = None
     allow_legacy_peers: bool = False
+    metrics_port: int | None = None
+    drain_timeout: float = 10.0
+    control: bool = True
+    log_level: str = "info"
+
+    @property
+    def control_dir(self) -> Path:
+        """Where this cluster's control socket is."""
+        return self.data_dir / "control"
 
     @classmethod
     def from_env(
@@ -288,43 +343,38 @@ class ClusterConfig:
 
         env = dict(os.environ if environ is None else environ)
         env.update({k: v for k, v in overrides.items() if v is not None})
-        data_dir = Path(
-            env.get("MAAS_RPC_DATA_DIR") or default_data_dir("cluster")
-        ).expanduser()
-        maas_url = parse_maas_url(env.get("MAAS_URL") or DEFAULT_MAAS_URL)
-        secret_file = Path(
-            env.get("MAAS_RPC_SECRET_FILE") or data_dir / "secret"
-        ).expanduser()
-        try:
-            secret = read_shared_secret(secret_file)
-        except SecretError as error:
-            raise ConfigError(
-                f"{error} (set MAAS_RPC_SECRET_FILE to a copy of the region's "
-                "secret file)"
-            ) from None
-        uuid_text = (env.get("MAAS_RPC_CLUSTER_UUID") or "").strip()
-        if uuid_text:
-            try:
-                cluster_uuid = str(uuid_module.UUID(uuid_text))
-            except ValueError:
-                raise ConfigError(
-                    f"MAAS_RPC_CLUSTER_UUID={uuid_text!r} is not a UUID"
-                ) from None
-        else:
-            cluster_uuid = get_or_create_cluster_uuid(data_dir)
+        settings.checkEnvironment(env, ["cluster"])
+
+        def get(name: str, default: Any = None) -> Any:
+            return settings.setting(name).value(env, default)
+
+        data_dir = data_dir_from(env, "cluster")
+        maas_url = get("MAAS_URL", DEFAULT_MAAS_URL)
+        secret_path = secret_file_from(env, data_dir)
+        secret = load_secret(
+            secret_path, given=bool(get("MAAS_RPC_SECRET_FILE")), create=False
+        )
+        cluster_uuid = get("MAAS_RPC_CLUSTER_UUID") or get_or_create_cluster_uuid(
+            data_dir
+        )
         return cls(
             maas_url=maas_url,
             data_dir=data_dir,
             secret=secret,
             cluster_uuid=cluster_uuid,
-            handshake_timeout=env_float(env, "MAAS_RPC_HANDSHAKE_TIMEOUT", 30.0),
-            connect_timeout=env_float(env, "MAAS_RPC_CONNECT_TIMEOUT", 10.0),
-            poll_disconnected=env_float(env, "MAAS_RPC_POLL_DISCONNECTED", 2.0),
-            poll_partial=env_float(env, "MAAS_RPC_POLL_PARTIAL", 10.0),
-            poll_connected=env_float(env, "MAAS_RPC_POLL_CONNECTED", 30.0),
-            keepalive_interval=env_float(env, "MAAS_RPC_KEEPALIVE_INTERVAL", 30.0),
-            keepalive_timeout=env_float(env, "MAAS_RPC_KEEPALIVE_TIMEOUT", 10.0),
+            handshake_timeout=get("MAAS_RPC_HANDSHAKE_TIMEOUT", 30.0),
+            connect_timeout=get("MAAS_RPC_CONNECT_TIMEOUT", 10.0),
+            poll_disconnected=get("MAAS_RPC_POLL_DISCONNECTED", 2.0),
+            poll_partial=get("MAAS_RPC_POLL_PARTIAL", 10.0),
+            poll_connected=get("MAAS_RPC_POLL_CONNECTED", 30.0),
+            keepalive_interval=get("MAAS_RPC_KEEPALIVE_INTERVAL", 30.0),
+            keepalive_timeout=get("MAAS_RPC_KEEPALIVE_TIMEOUT", 10.0),
             tls=TLSConfig.from_env(env, CLUSTER_ROLE),
             limits=Limits.from_env(env),
-            allow_legacy_peers=env_bool(env, "MAAS_RPC_ALLOW_LEGACY_PEERS"),
+            secret_path=secret_path,
+            allow_legacy_peers=get("MAAS_RPC_ALLOW_LEGACY_PEERS", False),
+            metrics_port=get("MAAS_RPC_METRICS_PORT"),
+            drain_timeout=get("MAAS_RPC_DRAIN_TIMEOUT", 10.0),
+            control=get("MAAS_RPC_CONTROL", True),
+            log_level=get("MAAS_RPC_LOG_LEVEL", "info"),
         )

@@ -1,7 +1,7 @@
 """The ``maas-clusterd`` twistd plugin: a cluster process.
 
 After installation, ``twistd -n maas-clusterd`` runs a cluster. Settings come
-from the environment (see :mod:`provisioningserver.config`); the flags below
+from the environment (see :mod:`provisioningserver.settings`); the flags
 mirror the variables and take precedence. Bad configuration is reported by
 twistd as one line, before the reactor starts, and twistd exits non-zero.
 
@@ -13,14 +13,26 @@ loads no region code.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.python import usage
 
+from provisioningserver import settings
 from provisioningserver.config import ClusterConfig, ConfigError
 
-__all__ = ["Options", "loadProtocol", "makeClusterService", "makeService"]
+__all__ = [
+    "Options",
+    "describeCluster",
+    "loadClusterProtocol",
+    "loadProtocol",
+    "makeClusterService",
+    "makeService",
+    "wrapDraining",
+]
 
 
 def loadProtocol(spec: str, base: type, name: str) -> Any:
@@ -46,25 +58,25 @@ def loadProtocol(spec: str, base: type, name: str) -> Any:
     return cls
 
 
-class Options(usage.Options):
-    """Flags of ``twistd maas-clusterd`` (and ``maas-rpc cluster``)."""
+def loadClusterProtocol(environ: Mapping[str, str]) -> Any:
+    """The protocol class ``MAAS_RPC_CLUSTER_PROTOCOL`` names.
 
-    optParameters = [
-        ["maas-url", None, None, "The region's URL (MAAS_URL)."],
-        ["data-dir", None, None, "Data directory (MAAS_RPC_DATA_DIR)."],
-        ["secret-file", None, None, "Shared secret file (MAAS_RPC_SECRET_FILE)."],
-        ["uuid", None, None, "This cluster's UUID (MAAS_RPC_CLUSTER_UUID)."],
-        ["tls-ca", None, None, "CA certificate, PEM (MAAS_RPC_TLS_CA)."],
-        ["tls-cert", None, None, "This cluster's certificate (MAAS_RPC_TLS_CERT)."],
-        ["tls-key", None, None, "Its private key (MAAS_RPC_TLS_KEY)."],
-        [
-            "protocol",
-            None,
-            None,
-            "module:Class of a ClusterClient subclass with extra responders "
-            "(MAAS_RPC_CLUSTER_PROTOCOL).",
-        ],
-    ]
+    :param environ: the environment (with flags applied).
+    :return: the class; ``ClusterClient`` when unset.
+    :raises ConfigError: when it cannot be loaded.
+    """
+    from provisioningserver.rpc.clusterservice import ClusterClient
+
+    spec = settings.setting("MAAS_RPC_CLUSTER_PROTOCOL").value(environ)
+    if not spec:
+        return ClusterClient
+    return loadProtocol(spec, ClusterClient, "MAAS_RPC_CLUSTER_PROTOCOL")
+
+
+class Options(usage.Options):
+    """Flags of ``twistd maas-clusterd``: one per cluster setting."""
+
+    optParameters = settings.optParameters("cluster")
 
     def postOptions(self) -> None:
         """Check the configuration now, before the reactor starts.
@@ -72,42 +84,51 @@ class Options(usage.Options):
         :raises twisted.python.usage.UsageError: with one clear line when a
             setting is missing or malformed.
         """
-        import os
-
-        from provisioningserver.rpc.clusterservice import ClusterClient
-
+        settings.warnUnknown(os.environ, "maas-clusterd", sys.stderr)
         try:
-            self["config"] = ClusterConfig.from_env(
-                MAAS_URL=self["maas-url"],
-                MAAS_RPC_DATA_DIR=self["data-dir"],
-                MAAS_RPC_SECRET_FILE=self["secret-file"],
-                MAAS_RPC_CLUSTER_UUID=self["uuid"],
-                MAAS_RPC_TLS_CA=self["tls-ca"],
-                MAAS_RPC_TLS_CERT=self["tls-cert"],
-                MAAS_RPC_TLS_KEY=self["tls-key"],
-            )
-            spec = self["protocol"] or os.environ.get("MAAS_RPC_CLUSTER_PROTOCOL")
-            self["protocolClass"] = (
-                loadProtocol(spec, ClusterClient, "MAAS_RPC_CLUSTER_PROTOCOL")
-                if spec
-                else ClusterClient
-            )
+            given = settings.optionOverrides(self, "cluster")
+            self["config"] = ClusterConfig.from_env(**given)
+            self["protocolClass"] = loadClusterProtocol({**os.environ, **given})
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
+
+
+def _clusterStatus(rpc: Any) -> dict[str, Any]:
+    from provisioningserver.control import describeConnection
+
+    connections = [
+        describeConnection(conn, eventloop=name, state="authenticated")
+        for name, conn in sorted(rpc.connections.items())
+    ]
+    connections += [
+        describeConnection(conn, eventloop=conn.eventloop, state="handshake")
+        for conn in list(rpc.handshaking)
+    ]
+    return {
+        "cluster": rpc.uuid,
+        "pid": os.getpid(),
+        "maas_url": rpc.maasURL,
+        "connections": connections,
+    }
 
 
 def makeClusterService(config: ClusterConfig, protocol: Any = None) -> MultiService:
     """Create this process's cluster services.
 
     The ``rpc`` service is added to :data:`provisioningserver.services`,
-    where :func:`~provisioningserver.rpc.getRegionClient` finds it.
+    where :func:`~provisioningserver.rpc.getRegionClient` finds it, with a
+    ``control`` service (the control socket, unless ``config.control`` is
+    off) and a ``metrics`` service (with ``config.metrics_port``).
 
     :param config: the checked configuration.
     :param protocol: the per-connection protocol class; ``ClusterClient``
         when ``None``.
     :return: :data:`provisioningserver.services`.
+    :raises ConfigError: when metrics are asked for without
+        ``prometheus_client``.
     """
-    from provisioningserver import services
+    from provisioningserver import metrics, services
+    from provisioningserver.control import ControlService
     from provisioningserver.rpc.clusterservice import (
         ClusterClient,
         ClusterClientService,
@@ -140,17 +161,84 @@ def makeClusterService(config: ClusterConfig, protocol: Any = None) -> MultiServ
             "unencrypted TCP with MAAS's handshake."
         )
     rpc.setServiceParent(services)
+    if config.control:
+        ControlService(
+            config.control_dir,
+            {
+                "status": lambda request: _clusterStatus(rpc),
+                "metrics": metrics.snapshot,
+            },
+        ).setServiceParent(services)
+    served = metrics.setUp(config.metrics_port)
+    if served is not None:
+        served.setServiceParent(services)
     return services
+
+
+def wrapDraining(services: MultiService, config: ClusterConfig) -> MultiService:
+    """Put the cluster's services under one that drains them when stopping.
+
+    :param services: what :func:`makeClusterService` returned.
+    :param config: the configuration (its ``drain_timeout``).
+    :return: the parent service to run.
+    """
+    from provisioningserver.drain import DrainingMultiService
+
+    def connections() -> list[Any]:
+        try:
+            rpc = services.getServiceNamed("rpc")
+        except KeyError:
+            return []
+        return [*rpc.connections.values(), *rpc.handshaking]
+
+    top = DrainingMultiService(connections, config.drain_timeout)
+    services.setServiceParent(top)
+    return top
+
+
+def describeCluster(config: ClusterConfig) -> str:
+    """The cluster's start-up line.
+
+    :param config: its configuration.
+    :return: e.g. ``Cluster <uuid> started: data directory ..., secret ...,
+        polling <MAAS_URL>/rpc/ ...``.
+    """
+    from provisioningserver import services
+
+    parts = [
+        f"data directory {config.data_dir}",
+        f"secret {config.secret_path}",
+        f"polling {config.maas_url}/rpc/ (MAAS_URL)",
+        "mutual TLS" if config.tls is not None else "",
+    ]
+    for name, what in (("control", "path"), ("metrics", "url")):
+        try:
+            parts.append(f"{name} {getattr(services.getServiceNamed(name), what)}")
+        except KeyError:
+            pass
+    return (
+        f"Cluster {config.cluster_uuid} started: "
+        + ", ".join(part for part in parts if part)
+        + "."
+    )
 
 
 def makeService(options: Options) -> MultiService:
     """twistd's entry point: build the cluster's services.
 
     :param options: the parsed :class:`Options`.
-    :return: the service tree; its ``rpc`` child is the
+    :return: the service tree: a draining parent of
+        :data:`provisioningserver.services`, whose ``rpc`` child is the
         :class:`~provisioningserver.rpc.clusterservice.ClusterClientService`.
+    :raises twisted.python.usage.UsageError: when metrics are asked for
+        without ``prometheus_client``.
     """
     import crochet
 
     crochet.no_setup()
-    return makeClusterService(options["config"], options["protocolClass"])
+    config = options["config"]
+    try:
+        services = makeClusterService(config, options["protocolClass"])
+    except ConfigError as error:
+        raise usage.UsageError(str(error)) from None
+    return wrapDraining(services, config)

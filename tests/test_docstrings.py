@@ -136,7 +136,7 @@ def test_public_objects_have_docstrings(module):
 DECORATED = [
     ("maasserver.rpc.getClientFor", "(uuid, timeout=0)"),
     ("maasserver.rpc.getAllClients", "()"),
-    ("provisioningserver.rpc.getRegionClient", "()"),
+    ("provisioningserver.rpc.getRegionClient", "(timeout=0)"),
     ("maasserver.utils.asynchronous.gather", "(calls, timeout=10.0, *, reactor=None)"),
 ]
 

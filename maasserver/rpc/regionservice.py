@@ -627,7 +627,9 @@ class RegionService(Service):
         for conn in list(self.live):
             waits.append(conn.onConnectionLost)
             conn.disconnect()
-        for waiters in self.waiters.values():
+        # Cancelling a waiter forgets it (and an emptied entry): iterate
+        # over copies.
+        for waiters in list(self.waiters.values()):
             for waiter in list(waiters):
                 waiter.cancel()
         self.waiters.clear()

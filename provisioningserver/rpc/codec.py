@@ -148,6 +148,10 @@ class CommandSpec:
         :return: the answer box (without its ``_answer`` tag).
         :raises Exception: when a value is missing or does not convert.
         """
+        if type(values) is not dict:
+            # Stock AMP's makeResponse copies what the responder returned:
+            # anything without a copy() (None, say) is refused there.
+            values = values.copy()
         box = amp.AmpBox()
         for wire, name, toString, _, optional in self.response:
             if optional:

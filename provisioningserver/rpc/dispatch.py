@@ -409,7 +409,15 @@ class DispatchingProtocol(BoxProtocol):
         self._inProgress += 1
         started = time.monotonic() if observers.current is not None else None
         try:
-            result = func(self, **spec.decodeArguments(box))
+            arguments = spec.decodeArguments(box)
+        except BaseException:
+            # As stock AMP: arguments that do not parse never reach the
+            # command's declared errors.
+            self._finished()
+            self._fastFailed(Failure(), None, box, started, spec.name)
+            return
+        try:
+            result = func(self, **arguments)
         except BaseException:
             self._finished()
             self._fastFailed(Failure(), spec, box, started)
@@ -467,10 +475,19 @@ class DispatchingProtocol(BoxProtocol):
             observers.callCompleted(spec.name, "in", None, started)
 
     def _fastFailed(
-        self, failure: Failure, spec: CommandSpec, box: amp.AmpBox, started: Any
+        self,
+        failure: Failure,
+        spec: CommandSpec | None,
+        box: amp.AmpBox,
+        started: Any,
+        name: bytes = b"",
     ) -> None:
-        declared = failure.check(*spec.allErrors) if spec.allErrors else None
-        if declared is not None:
+        declared = (
+            failure.check(*spec.allErrors)
+            if spec is not None and spec.allErrors
+            else None
+        )
+        if spec is not None and declared is not None:
             failure = Failure(
                 amp.RemoteAmpError(
                     spec.allErrors[declared],
@@ -482,7 +499,8 @@ class DispatchingProtocol(BoxProtocol):
         reply = self._formatError(failure, box)
         self._emit(reply, box)
         if started is not None:
-            observers.callCompleted(spec.name, "in", reply[amp.ERROR_CODE], started)
+            command = spec.name if spec is not None else name
+            observers.callCompleted(command, "in", reply[amp.ERROR_CODE], started)
 
 
 def _countItems(value: bytes, argument: Any, cap: int) -> int:

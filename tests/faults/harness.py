@@ -34,7 +34,7 @@ from typing import Any
 
 import maasserver
 import provisioningserver
-from maasserver.cli import reservePort
+from maasserver.supervisor import listeningSocket
 from provisioningserver.rpc.testing import waitFor
 from provisioningserver.security import get_or_create_shared_secret
 
@@ -103,6 +103,7 @@ class Process:
         env: dict[str, str],
         logPath: Path,
         stdoutPath: Path | None = None,
+        passFds: tuple[int, ...] = (),
     ) -> None:
         self.role = role
         self.logPath = logPath
@@ -116,6 +117,7 @@ class Process:
             stdin=subprocess.DEVNULL,
             stdout=self._stdoutFile or self._logFile,
             stderr=self._logFile if self._stdoutFile else subprocess.STDOUT,
+            pass_fds=passFds,
         )
 
     @property
@@ -176,6 +178,7 @@ class Processes:
         argv: list[str],
         env: dict[str, str],
         stdout: bool = False,
+        passFds: tuple[int, ...] = (),
     ) -> Process:
         n = len(self.started) + 1
         logs = self.workdir / "logs"
@@ -186,6 +189,7 @@ class Processes:
             env,
             logs / f"{n:02d}-{role}.log",
             logs / f"{n:02d}-{role}.jsonl" if stdout else None,
+            passFds,
         )
         self.started.append(process)
         return process
@@ -206,9 +210,10 @@ class Processes:
 class Region:
     """A region: its data directory, discovery port and event-loop processes.
 
-    The discovery port is reserved for the whole test (a bound socket with
-    ``SO_REUSEPORT`` that never listens), so that a replacement event-loop
-    gets the same port after the first one is killed.
+    The discovery socket listens for the whole test and is handed to every
+    event-loop (``MAAS_RPC_HTTP_FD``), as ``maas-rpc region`` does, so that a
+    replacement event-loop serves the same port after the first one is
+    killed.
 
     :ivar dataDir: the data directory (secret, store, ``status/``).
     :ivar httpPort: the discovery port every event-loop shares.
@@ -220,7 +225,7 @@ class Region:
         self.dataDir.mkdir()
         self.secretPath = self.dataDir / "secret"
         get_or_create_shared_secret(self.secretPath)
-        self._reserved = reservePort("127.0.0.1")
+        self._reserved = listeningSocket("127.0.0.1", 0)
         self.httpPort = self._reserved.getsockname()[1]
         self.settings = settings
 
@@ -240,6 +245,7 @@ class Region:
         return childEnv(
             MAAS_RPC_DATA_DIR=str(self.dataDir),
             MAAS_RPC_HTTP_PORT=str(self.httpPort),
+            MAAS_RPC_HTTP_FD=str(self._reserved.fileno()),
             MAAS_RPC_PORTS="0",
             MAAS_RPC_BIND="127.0.0.1",
             MAAS_RPC_STATUS="1",
@@ -253,6 +259,7 @@ class Region:
             "eventloop",
             [sys.executable, "-m", "maasserver.cli", "eventloop"],
             self.env(),
+            passFds=(self._reserved.fileno(),),
         )
 
     def status(self, process: Process) -> dict[str, Any] | None:

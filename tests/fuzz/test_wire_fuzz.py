@@ -63,7 +63,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from maasserver.cli import reservePort
+from maasserver.supervisor import listeningSocket
 from provisioningserver.cheese import rate_cheese
 from provisioningserver.rpc.exceptions import NoSuchCheese
 from provisioningserver.rpc.testing import waitFor
@@ -152,7 +152,9 @@ def process_env(**settings: object) -> dict[str, str]:
     return env
 
 
-def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def start(
+    argv: list[str], env: dict[str, str], log: Path, passFds: tuple[int, ...] = ()
+) -> subprocess.Popen:
     with log.open("wb") as stream:
         return subprocess.Popen(
             [sys.executable, "-m", *argv],
@@ -160,6 +162,7 @@ def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
             stdout=stream,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            pass_fds=passFds,
         )
 
 
@@ -303,7 +306,7 @@ class LiveRegion:
         self.data = work / "region"
         self.secret = get_or_create_shared_secret(self.data / "secret")
         self.log = work / "region.log"
-        reserved = reservePort("127.0.0.1")
+        reserved = listeningSocket("127.0.0.1", 0)
         stack.callback(reserved.close)
         self.http_port = reserved.getsockname()[1]
         self.maas_url = f"http://127.0.0.1:{self.http_port}/MAAS"
@@ -312,6 +315,7 @@ class LiveRegion:
             process_env(
                 MAAS_RPC_DATA_DIR=self.data,
                 MAAS_RPC_HTTP_PORT=self.http_port,
+                MAAS_RPC_HTTP_FD=reserved.fileno(),
                 MAAS_RPC_PORTS=0,
                 MAAS_RPC_BIND="127.0.0.1",
                 MAAS_RPC_STATUS=1,
@@ -321,6 +325,7 @@ class LiveRegion:
                 MAAS_RPC_ALLOW_LEGACY_PEERS=1,
             ),
             self.log,
+            (reserved.fileno(),),
         )
         stack.callback(stop, self.proc)
         self.status_path = self.data / "status" / f"{self.proc.pid}.json"
@@ -328,7 +333,7 @@ class LiveRegion:
         self.port = int(status["port"])
         self.name = status["eventloop"]
         waitFor(self._advertised, "the region to advertise itself")
-        reserved.close()  # The region has bound the discovery port.
+        reserved.close()  # The region serves the discovery socket now.
 
         self.cluster_log = work / "cluster.log"
         cluster_dir = work / "cluster"

@@ -42,10 +42,10 @@ from twisted.python.failure import Failure
 import maasserver
 import provisioningserver
 from maasserver import eventloop
-from maasserver.cli import reservePort
 from maasserver.config import RegionConfig
 from maasserver.demo import meshConnections
 from maasserver.rpc import getAllClients, getClientFor
+from maasserver.supervisor import listeningSocket
 from maasserver.utils.asynchronous import gather
 from provisioningserver.cheese import rate_cheese
 from provisioningserver.rpc.cluster import EatCheez
@@ -145,7 +145,12 @@ class Process:
     """
 
     def __init__(
-        self, role: str, argv: list[str], env: dict[str, str], logPath: Path
+        self,
+        role: str,
+        argv: list[str],
+        env: dict[str, str],
+        logPath: Path,
+        passFds: tuple[int, ...] = (),
     ) -> None:
         self.role = role
         self.logPath = logPath
@@ -157,6 +162,7 @@ class Process:
             stdin=subprocess.DEVNULL,
             stdout=self._logFile,
             stderr=subprocess.STDOUT,
+            pass_fds=passFds,
         )
 
     @property
@@ -197,6 +203,8 @@ class Mesh:
 
     :ivar regionDir: the region's data directory (secret, store, status).
     :ivar httpPort: the discovery port all event-loops share.
+    :ivar httpSocket: its listening socket, handed to every event-loop
+        (``MAAS_RPC_HTTP_FD``), as ``maas-rpc region`` does.
     :ivar localName: the in-process event-loop's name.
     :ivar worker: the worker event-loop process now in the mesh.
     :ivar uuids: the UUIDs of the mesh's clusters, in order.
@@ -210,6 +218,7 @@ class Mesh:
         self.regionDir = workdir / "region"
         self.regionDir.mkdir()
         self.httpPort = 0
+        self.httpSocket: socket.socket | None = None
         self.localName = ""
         self.worker: Process | None = None
         self.uuids: list[str] = []
@@ -226,9 +235,11 @@ class Mesh:
         return f"http://127.0.0.1:{self.httpPort}/MAAS"
 
     def regionEnv(self) -> dict[str, str]:
+        assert self.httpSocket is not None
         return childEnv(
             MAAS_RPC_DATA_DIR=str(self.regionDir),
             MAAS_RPC_HTTP_PORT=str(self.httpPort),
+            MAAS_RPC_HTTP_FD=str(self.httpSocket.fileno()),
             MAAS_RPC_PORTS="0",
             MAAS_RPC_BIND="127.0.0.1",
             MAAS_RPC_STATUS="1",
@@ -236,12 +247,17 @@ class Mesh:
         )
 
     def _start(
-        self, role: str, argv: list[str], env: dict[str, str], essential: bool
+        self,
+        role: str,
+        argv: list[str],
+        env: dict[str, str],
+        essential: bool,
+        passFds: tuple[int, ...] = (),
     ) -> Process:
         n = len(self.processes) + 1
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
-        process = Process(role, argv, env, logs / f"{n:02d}-{role}.log")
+        process = Process(role, argv, env, logs / f"{n:02d}-{role}.log", passFds)
         self.processes.append(process)
         if essential:
             self.essential.append(process)
@@ -254,6 +270,7 @@ class Mesh:
             [sys.executable, "-m", "maasserver.cli", "eventloop"],
             self.regionEnv(),
             essential=True,
+            passFds=(self.httpSocket.fileno(),) if self.httpSocket else (),
         )
         return self.worker
 
@@ -344,22 +361,20 @@ class Mesh:
 
 def _buildMesh(mesh: Mesh) -> None:
     get_or_create_shared_secret(mesh.regionDir / "secret")
-    reserved = reservePort("127.0.0.1")
-    try:
-        mesh.httpPort = reserved.getsockname()[1]
-        started = time.monotonic()
-        config = RegionConfig.from_env(mesh.regionEnv())
-        eventloop.start(config, protocol=CheeseboardRegion).wait(BOUND)
-        mesh.localName = eventloop.loop.name
-        worker = mesh.startEventloop()
-        mesh.waitFor(
-            lambda: worker.pid in mesh.statuses() and len(mesh.discover() or ()) == 2,
-            "both region event-loops to listen and advertise",
-        )
-        regionUp = time.monotonic() - started
-    finally:
-        # Both event-loops hold the shared port now.
-        reserved.close()
+    # The discovery socket, shared by both event-loops (and their
+    # replacements); closed when the mesh stops.
+    mesh.httpSocket = listeningSocket("127.0.0.1", 0)
+    mesh.httpPort = mesh.httpSocket.getsockname()[1]
+    started = time.monotonic()
+    config = RegionConfig.from_env(mesh.regionEnv())
+    eventloop.start(config, protocol=CheeseboardRegion).wait(BOUND)
+    mesh.localName = eventloop.loop.name
+    worker = mesh.startEventloop()
+    mesh.waitFor(
+        lambda: worker.pid in mesh.statuses() and len(mesh.discover() or ()) == 2,
+        "both region event-loops to listen and advertise",
+    )
+    regionUp = time.monotonic() - started
 
     started = time.monotonic()
     mesh.uuids = [str(uuid.uuid4()) for _ in range(CLUSTERS)]
@@ -395,6 +410,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory):
     finally:
         mesh.stopAll()
         eventloop.reset().wait(BOUND)
+        if mesh.httpSocket is not None:
+            mesh.httpSocket.close()
     # Once the processes are gone and the event-loop reset, this process's
     # reactor holds nothing of the mesh: no socket, no timer.
     started = time.monotonic()
@@ -680,8 +697,8 @@ TWIST = [sys.executable, "-m", "twisted"]
 @pytest.mark.parametrize(
     "runner, plugin, setting, expected",
     [
-        (TWISTD, "maas-clusterd", "MAAS_RPC_SECRET_FILE", "no shared secret at"),
-        (TWIST, "maas-clusterd", "MAAS_RPC_SECRET_FILE", "no shared secret at"),
+        (TWISTD, "maas-clusterd", "MAAS_RPC_SECRET_FILE", "does not exist"),
+        (TWIST, "maas-clusterd", "MAAS_RPC_SECRET_FILE", "does not exist"),
         (TWISTD, "maas-regiond", "MAAS_RPC_PORTS", "MAAS_RPC_PORTS='abc'"),
     ],
     ids=["twistd-maas-clusterd", "twist-maas-clusterd", "twistd-maas-regiond"],

@@ -58,8 +58,13 @@ def test_region_supervises_workers(tmp_path):
             what="two event-loop workers",
         )
         print(f"2 workers up after {time.monotonic() - started:.2f}s")
-        text = (tmp_path / "region.log").read_text()
-        port = int(re.search(r"127\.0\.0\.1:(\d+)/MAAS/rpc/", text).group(1))
+        found = waitFor(
+            lambda: re.search(
+                r"127\.0\.0\.1:(\d+)/MAAS/rpc/", (tmp_path / "region.log").read_text()
+            ),
+            what="the region's start-up line",
+        )
+        port = int(found.group(1))
 
         # Both workers serve discovery on the one shared port, and both are
         # advertised.

@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from maasserver.cli import reservePort
+from maasserver.supervisor import listeningSocket
 from provisioningserver.rpc.testing import waitFor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,13 +46,14 @@ def test_tls_mesh_between_processes(tmp_path):
         capture_output=True,
         timeout=60,
     )
-    reserved = reservePort("127.0.0.1")
+    reserved = listeningSocket("127.0.0.1", 0)
     port = reserved.getsockname()[1]
     region_dir = tmp_path / "region"
     region_env = {
         **env,
         "MAAS_RPC_DATA_DIR": str(region_dir),
         "MAAS_RPC_HTTP_PORT": str(port),
+        "MAAS_RPC_HTTP_FD": str(reserved.fileno()),
         "MAAS_RPC_PORTS": "0",
         "MAAS_RPC_BIND": "127.0.0.1",
         "MAAS_RPC_STATUS": "1",
@@ -63,16 +64,21 @@ def test_tls_mesh_between_processes(tmp_path):
     processes: list[subprocess.Popen] = []
     logs = []
 
-    def start(args, env, name):
+    def start(args, env, name, passFds=()):
         log = (tmp_path / f"{name}.log").open("wb")
         logs.append(log)
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=passFds
+        )
         processes.append(proc)
         return proc
 
     try:
         start(
-            [sys.executable, "-m", "maasserver.cli", "eventloop"], region_env, "region"
+            [sys.executable, "-m", "maasserver.cli", "eventloop"],
+            region_env,
+            "region",
+            (reserved.fileno(),),
         )
         waitFor(lambda: list((region_dir / "status").glob("*.json")), what="region")
         reserved.close()

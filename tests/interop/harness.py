@@ -473,6 +473,7 @@ def peerIsCluster(workdir: Path, *peerArgs: str) -> Link:
             interface="127.0.0.1",
             protocol=InteropRegionServer,
             handshakeTimeout=BOUND,
+            allowLegacyPeers=True,
         )
         service.startService()
         return defer.succeed(service)
@@ -514,6 +515,7 @@ def startRegionService(workdir: Path) -> tuple[RegionService, int]:
             interface="127.0.0.1",
             protocol=InteropRegionServer,
             handshakeTimeout=BOUND,
+            allowLegacyPeers=True,
         )
         service.startService()
         return defer.succeed((service, service.getPort()))
@@ -555,6 +557,7 @@ def peerIsRegion(
             fetch=lambda url: defer.succeed(document),
             keepaliveInterval=keepaliveInterval,
             keepaliveTimeout=BOUND,
+            allowLegacyPeers=True,
         )
         service.startService()
         return defer.succeed(service)

@@ -222,3 +222,17 @@ def test_get_all_clients_returns_one_client_per_connection():
     first.transport.loseConnection()
     pump1.flush()
     assert mesh.region.getAllClients() == [Client(second)]
+
+
+def test_stopping_the_service_fails_clients_still_waiting():
+    """Regression: cancelling a waiter removes it from the table being
+    iterated (``dictionary changed size during iteration``)."""
+    mesh = Mesh()
+    mesh.region.startService = lambda: None  # Not listening: nothing to bind.
+    mesh.region.running = True
+    waiting = [mesh.region.getClientFor(UUID, timeout=30) for _ in range(2)]
+    other = mesh.region.getClientFor("another", timeout=30)
+    successResultOf(mesh.region.stopService())
+    for d in [*waiting, other]:
+        failureResultOf(d)
+    assert mesh.region.waiters == {}

@@ -22,11 +22,14 @@ The thread hop
 A call from another thread is handed to the reactor by :func:`callInReactor`
 and answered through a :class:`ReactorCallResult`, which is a
 :class:`crochet.EventualResult` that behaves as crochet's (its behaviour
-tests are run against it) but costs less per call. As with
-:func:`crochet.run_in_reactor`, crochet must know the reactor
-(:func:`crochet.setup`, or :func:`crochet.no_setup` under twistd); results
-still pending when the reactor stops fail with
-:class:`crochet.ReactorStopped`, and so does a hand-off after it stopped.
+tests are run against it) but costs less per call. Results still pending
+when the reactor stops fail with :class:`crochet.ReactorStopped`, and so
+does a hand-off after it stopped. That is race-free where crochet knows the
+reactor (:func:`crochet.setup`, or :func:`crochet.no_setup` where twistd or
+another runner runs it), as every process of this package arranges; a
+program that runs a reactor without telling crochet keeps working, but
+there results pending when the reactor stops are failed only if it had not
+begun to shut down when it ran the first call handed to it.
 
 Only crochet's public names are used: ``EventualResult`` (subclassed, its
 public methods overridden; its constructor is not called, see
@@ -252,9 +255,14 @@ def _pendingFor(reactor: Any) -> _Pending:
     install succeeds, the trigger was added before crochet's ran, so it runs
     in the same round.
 
-    :param reactor: crochet's reactor.
+    Where crochet does not know the reactor (a program that runs one without
+    :func:`crochet.setup` or :func:`crochet.no_setup`), the trigger is
+    queued with ``callFromThread`` ahead of the first call instead: calls
+    work the same, but results pending when the reactor stops are failed
+    only if it had not begun to shut down before it ran that first call.
+
+    :param reactor: the reactor calls are handed to.
     :return: its registry.
-    :raises RuntimeError: when crochet knows no reactor.
     """
     pending = _pendingByReactor.get(reactor)
     if pending is not None:
@@ -263,25 +271,29 @@ def _pendingFor(reactor: Any) -> _Pending:
         pending = _pendingByReactor.get(reactor)
         if pending is None:
             pending = _Pending()
-            try:
-                _installStopTrigger(reactor, pending).wait(LONGTIME)
-            except crochet.ReactorStopped:
-                pending.stopped = True
+            _installStopTrigger(reactor, pending)
             _pendingByReactor[reactor] = pending
     return pending
 
 
-def _installStopTrigger(reactor: Any, pending: _Pending) -> crochet.EventualResult:
+def _installStopTrigger(reactor: Any, pending: _Pending) -> None:
     install = crochet.run_in_reactor(reactor.addSystemEventTrigger)
     try:
-        return install("before", "shutdown", pending.stop)
-    except AttributeError as e:
-        # crochet knows no reactor yet: its EventLoop has no reactor
-        # attribute until setup() or no_setup().
-        raise RuntimeError(
-            "a call from a thread needs crochet to know the reactor: call "
-            "crochet.setup(), or crochet.no_setup() where twistd runs it"
-        ) from e
+        installed = install("before", "shutdown", pending.stop)
+    except AttributeError:
+        # crochet knows no reactor: its EventLoop has no reactor attribute
+        # until setup() or no_setup() is called.
+        if reactor.running:
+            reactor.callFromThread(
+                reactor.addSystemEventTrigger, "before", "shutdown", pending.stop
+            )
+        else:
+            pending.stopped = True  # It ran, and no longer does.
+        return
+    try:
+        installed.wait(LONGTIME)
+    except crochet.ReactorStopped:
+        pending.stopped = True
 
 
 class ReactorCallResult(crochet.EventualResult):
@@ -458,8 +470,11 @@ def callInReactor(
     :class:`ReactorCallResult`). As with crochet, results still pending when
     the reactor stops fail with :class:`crochet.ReactorStopped`.
 
-    Needs crochet to know the reactor (:func:`crochet.setup`, or
-    :func:`crochet.no_setup` where twistd runs it), as crochet itself does.
+    The guarantee about the reactor stopping is complete where crochet knows
+    the reactor (:func:`crochet.setup`, or :func:`crochet.no_setup` where
+    another runner such as twistd runs it). Without, pending results are
+    failed only if the reactor had not begun to shut down when it ran the
+    first call handed to it.
 
     :param reactor: the running reactor (crochet's).
     :param func: the function; it may return a value, a Deferred or a

@@ -1423,10 +1423,11 @@ def test_threads_calling_in_while_the_reactor_stops_never_hang():
     assert code == 23, output
 
 
-def test_handoff_without_crochet_says_what_is_missing():
-    """A reactor run in a thread without crochet: the hand-off cannot learn
-    when it stops, so it refuses, saying so (as crochet itself needs
-    setup() or no_setup())."""
+def test_handoff_without_crochet():
+    """A reactor run in a thread without crochet (no setup(), no
+    no_setup()): calls are handed over all the same, and, the first call
+    having been made while it ran, a FOREVER wait still ends with
+    ReactorStopped when it stops, as does a call after that."""
     completed = subprocess.run(
         [
             sys.executable,
@@ -1434,8 +1435,10 @@ def test_handoff_without_crochet_says_what_is_missing():
             textwrap.dedent(
                 """
                 import os, threading
+                import crochet
                 from twisted.internet import reactor
-                from provisioningserver.utils.twisted import asynchronous
+                from twisted.internet.defer import Deferred
+                from provisioningserver.utils.twisted import FOREVER, asynchronous
                 running = threading.Event()
                 reactor.callWhenRunning(running.set)
                 thread = threading.Thread(
@@ -1443,13 +1446,25 @@ def test_handoff_without_crochet_says_what_is_missing():
                 )
                 thread.start()
                 running.wait(30)
+                assert asynchronous(lambda: 1, timeout=30)() == 1
+
+                @asynchronous(timeout=FOREVER)
+                def never():
+                    reactor.callLater(0.1, reactor.stop)
+                    return Deferred()
+
                 code = 3
                 try:
-                    asynchronous(lambda: 1, timeout=30)()
-                except RuntimeError as e:
-                    code = 23 if "crochet.setup()" in str(e) else 4
-                reactor.callFromThread(reactor.stop)
+                    never()
+                except crochet.ReactorStopped:
+                    code = 23
                 thread.join(30)
+                try:
+                    asynchronous(lambda: 1, timeout=30)()
+                except crochet.ReactorStopped:
+                    pass
+                else:
+                    code = 4
                 os._exit(code)
                 """
             ),

@@ -37,13 +37,13 @@ from typing import Any
 if __package__ in (None, ""):  # Run as ``python benchmarks/run.py``.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.procs import ROOT, Processes, Worker, childEnv, discover
+from benchmarks.procs import ROOT, Processes, Worker, childEnv, discover, processCpu
 from benchmarks.stats import Figure, percentile, render
 
 __all__ = ["Bench", "main"]
 
 #: Figures that can be selected with ``--only``.
-FIGURES = ("P1", "P1M", "P2", "P3", "P4", "P5", "P6", "P7")
+FIGURES = ("P1", "P1M", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
 
 #: Poll intervals of the simulated clusters: disconnected, partly and fully
 #: connected (seconds).
@@ -74,6 +74,7 @@ class Sizes:
         self.p6Steps = 2 if quick else 3  # P6: steps
         self.grpcSeq = 1000 // scale  # P7
         self.grpcConc = 2000 // scale  # P7
+        self.p8Conns = 20 if quick else 50  # P8: connections per trial and kind
 
 
 class Bench:
@@ -99,6 +100,8 @@ class Bench:
         self.regionStarted = False
         self.uuids: list[str] = []
         self.rawProtos: list[Any] = []
+        self.rawTLSProtos: list[Any] = []
+        self.tlsInUse: dict[str, str | None] = {}
         self.clusterWorkers: list[Worker] = []
         self.rawWorkers: list[Worker] = []
 
@@ -137,9 +140,11 @@ class Bench:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _dropRaw(self) -> None:
-        for proto in self.rawProtos:
-            proto.transport.loseConnection()
+        for proto in self.rawProtos + self.rawTLSProtos:
+            if proto.transport is not None:
+                proto.transport.loseConnection()
         self.rawProtos = []
+        self.rawTLSProtos = []
 
     def _pair(
         self,
@@ -197,6 +202,7 @@ class Bench:
                 n=s.clustersPerProc,
                 intervals=INTERVALS,
                 source=self.sources(s.clustersPerProc),
+                responders=True,
             )
             perProc.append(answer["uuids"])
         for worker in clusters:
@@ -216,29 +222,70 @@ class Bench:
         say(f"{len(self.uuids)} clusters in {len(clusters)} processes connected")
 
         ports = [w.request("raw_listen")["port"] for w in raws]
+        tlsPorts = [w.request("raw_listen", tls=True)["port"] for w in raws]
         self.rawProtos = self.inReactor(self._connectRaw, ports, s.clustersPerProc)
-        say(f"{len(self.rawProtos)} raw AMP connections to {len(raws)} processes")
+        self.rawTLSProtos = self.inReactor(
+            self._connectRaw, tlsPorts, s.clustersPerProc, True
+        )
+        say(
+            f"{len(self.rawProtos)} raw AMP connections over TCP and "
+            f"{len(self.rawTLSProtos)} over TLS to {len(raws)} processes"
+        )
+        client = self.ourClient()  # From this thread: the Client itself.
+        self.tlsInUse = self.inReactor(self._tlsInUse, client)
 
-    def _connectRaw(self, ports: list[int], each: int) -> Any:
+    def _connectRaw(self, ports: list[int], each: int, tls: bool = False) -> Any:
         from twisted.internet import defer, reactor
-        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.endpoints import (
+            TCP4ClientEndpoint,
+            connectProtocol,
+            wrapClientTLS,
+        )
         from twisted.protocols import amp
+
+        from benchmarks.raw import tlsClientOptions
 
         attempts = []
         for _ in range(each):
             for port in ports:  # Interleaved, as the clusters are.
-                endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+                endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+                if tls:
+                    endpoint = wrapClientTLS(tlsClientOptions(), endpoint)
                 attempts.append(connectProtocol(endpoint, amp.AMP()))
         return defer.gatherResults(attempts, consumeErrors=True)
 
+    def _tlsInUse(self, client: Any) -> Any:
+        """What TLS the first cluster connection (``client``'s) and the first
+        raw TLS connection negotiated (after a call on each, so that TLS is
+        up)."""
+        from twisted.internet import defer
+
+        from benchmarks.raw import NAME, ORIGIN, tlsDescription
+        from provisioningserver.rpc.cluster import EatCheez
+
+        def describe(_: Any) -> dict[str, str | None]:
+            return {
+                "maas-rpc": tlsDescription(client.connection.transport),
+                "raw AMP/TLS": tlsDescription(self.rawTLSProtos[0].transport),
+            }
+
+        calls = [client(EatCheez, name=NAME, origin=ORIGIN), self.rawCall(tls=True)()]
+        return defer.gatherResults(calls, consumeErrors=True).addCallback(describe)
+
     # Calls.
 
-    def rawCall(self, index: int = 0) -> Callable[[], Any]:
-        """A raw AMP call on connection ``index``, for the reactor thread."""
+    def rawCall(
+        self, index: int = 0, tls: bool = False, command: Any = None, **args: Any
+    ) -> Callable[[], Any]:
+        """A raw AMP call on connection ``index`` (over TLS when ``tls``),
+        for the reactor thread: ``command`` with ``args`` (by default
+        ``EatCheez``, as stock AMP declares it)."""
         from benchmarks.raw import NAME, ORIGIN, RawEatCheez
 
-        proto = self.rawProtos[index]
-        return partial(proto.callRemote, RawEatCheez, name=NAME, origin=ORIGIN)
+        proto = (self.rawTLSProtos if tls else self.rawProtos)[index]
+        if command is None:
+            command, args = RawEatCheez, {"name": NAME, "origin": ORIGIN}
+        return partial(proto.callRemote, command, **args)
 
     def ourClient(self, index: int = 0) -> Any:
         """A :class:`Client` for cluster ``index``, from ``getClientFor``."""
@@ -246,13 +293,18 @@ class Bench:
 
         return getClientFor(self.uuids[index])
 
-    def ourCall(self, index: int = 0) -> Callable[[], Any]:
-        """A call through one ``getClientFor`` client, for any thread."""
+    def ourCall(
+        self, index: int = 0, command: Any = None, **args: Any
+    ) -> Callable[[], Any]:
+        """A call through one ``getClientFor`` client, for any thread:
+        ``command`` with ``args`` (by default ``EatCheez``)."""
         from benchmarks.raw import NAME, ORIGIN
         from provisioningserver.rpc.cluster import EatCheez
 
         client = self.ourClient(index)
-        return partial(client, EatCheez, name=NAME, origin=ORIGIN)
+        if command is None:
+            command, args = EatCheez, {"name": NAME, "origin": ORIGIN}
+        return partial(client, command, **args)
 
     def ourFreshCall(self, index: int = 0) -> Callable[[], Any]:
         """``getClientFor(uuid)`` then the call, for the reactor thread."""
@@ -312,6 +364,8 @@ class Bench:
         r: dict[str, list[dict[str, float]]],
         ours: str = "ours",
         peer: bool = True,
+        base: str = "raw",
+        baseName: str = "raw AMP",
     ) -> None:
         def col(name: str, field: str) -> list[float]:
             return [trial[field] for trial in r[name]]
@@ -323,8 +377,8 @@ class Bench:
                 "µs",
                 False,
                 col(ours, "cpu"),
-                "raw AMP",
-                col("raw", "cpu"),
+                baseName,
+                col(base, "cpu"),
             )
         )
         if peer:
@@ -335,49 +389,96 @@ class Bench:
                     "µs",
                     False,
                     col(ours, "peerCpu"),
-                    "raw AMP",
-                    col("raw", "peerCpu"),
+                    baseName,
+                    col(base, "peerCpu"),
                 )
             )
 
     # Figures.
 
-    def p1(self) -> None:
-        s = self.sizes
-        raw, ours, fresh = self.rawCall(), self.ourCall(), self.ourFreshCall()
-        rawPeer, ourPeer = self.rawWorkers[0], self.clusterWorkers[0]
-        for call in (raw, ours, fresh):
-            self.seqRate(call, s.seq // 5)
-        r = self._pair(
+    def _againstRaw(
+        self,
+        key: str,
+        what: str,
+        unit: str,
+        higherIsBetter: bool,
+        values: dict[str, list[float]],
+        baseline: str,
+        target: tuple[str, float] | None,
+        note: str = "",
+        ours: str = "ours",
+    ) -> None:
+        """Two figures of ``values[ours]``: ``key`` against raw AMP over TLS
+        (``values["rawTLS"]``, with ``target``) and ``key.tcp`` against raw
+        AMP over TCP (``values["raw"]``)."""
+        self.figures.append(
+            Figure(
+                key,
+                what,
+                unit,
+                higherIsBetter,
+                values[ours],
+                f"raw AMP/TLS {baseline}".rstrip(),
+                values["rawTLS"],
+                target=target,
+                note=note,
+            )
+        )
+        self.figures.append(
+            Figure(
+                f"{key}.tcp",
+                f"{what}, vs raw over TCP",
+                unit,
+                higherIsBetter,
+                values[ours],
+                f"raw AMP/TCP {baseline}".rstrip(),
+                values["raw"],
+            )
+        )
+
+    def _tlsNote(self) -> str:
+        ours = self.tlsInUse.get("maas-rpc")
+        raw = self.tlsInUse.get("raw AMP/TLS")
+        return f" TLS negotiated: maas-rpc {ours}; raw AMP/TLS {raw}."
+
+    def _seqPair(
+        self, calls: dict[str, tuple[Callable[[], Any], Worker]], n: int
+    ) -> dict[str, list[dict[str, float]]]:
+        """Sequential calls/s and CPU per call of each call, paired."""
+        for call, _ in calls.values():
+            self.seqRate(call, n // 5)
+        return self._pair(
             {
-                "raw": lambda: self.withCpu(
-                    lambda: self.seqRate(raw, s.seq), s.seq, rawPeer
-                ),
-                "ours": lambda: self.withCpu(
-                    lambda: self.seqRate(ours, s.seq), s.seq, ourPeer
-                ),
-                "fresh": lambda: self.withCpu(
-                    lambda: self.seqRate(fresh, s.seq), s.seq, ourPeer
-                ),
+                name: partial(self.withCpu, partial(self.seqRate, call, n), n, peer)
+                for name, (call, peer) in calls.items()
             }
         )
 
-        def rate(name: str) -> list[float]:
-            return [trial["rate"] for trial in r[name]]
-
-        self.figures.append(
-            Figure(
-                "P1",
-                "sequential calls in the reactor, 1 conn",
-                "calls/s",
-                True,
-                rate("ours"),
-                "raw AMP seq",
-                rate("raw"),
-                target=(">=", 1.0),
-                note="maas-rpc: one getClientFor() client, reused; "
-                "raw: amp.AMP.callRemote on a plain amp.AMP connection.",
-            )
+    def p1(self) -> None:
+        s = self.sizes
+        rawPeer, ourPeer = self.rawWorkers[0], self.clusterWorkers[0]
+        r = self._seqPair(
+            {
+                "raw": (self.rawCall(), rawPeer),
+                "rawTLS": (self.rawCall(tls=True), rawPeer),
+                "ours": (self.ourCall(), ourPeer),
+                "fresh": (self.ourFreshCall(), ourPeer),
+            },
+            s.seq,
+        )
+        rate = {name: [trial["rate"] for trial in r[name]] for name in r}
+        self._againstRaw(
+            "P1",
+            "sequential calls in the reactor, 1 conn",
+            "calls/s",
+            True,
+            rate,
+            "seq",
+            (">=", 1.0),
+            note="maas-rpc: one getClientFor() client, reused, over the secure "
+            "channel (the default); raw: amp.AMP.callRemote on a plain amp.AMP "
+            "connection, over TLS (same crypto: TLS 1.3, throwaway self-signed "
+            "P-256 certificate, no verification) and over TCP." + self._tlsNote(),
         )
         self.figures.append(
             Figure(
@@ -385,12 +486,24 @@ class Bench:
                 "P1 with getClientFor() before each call",
                 "calls/s",
                 True,
-                rate("fresh"),
-                "raw AMP seq",
-                rate("raw"),
+                rate["fresh"],
+                "raw AMP/TLS seq",
+                rate["rawTLS"],
             )
         )
-        self._cpuFigures("P1", "P1", r)
+        self._cpuFigures("P1", "P1", r, base="rawTLS", baseName="raw AMP/TLS")
+        self.figures.append(
+            Figure(
+                "P1r",
+                "ref: raw AMP over TLS vs over TCP, seq",
+                "calls/s",
+                True,
+                rate["rawTLS"],
+                "raw AMP/TCP seq",
+                rate["raw"],
+                note="what TLS itself costs stock AMP, from the same trials.",
+            )
+        )
 
     def p1m(self) -> None:
         """P1 with Prometheus metrics on at both ends (MAAS_RPC_METRICS_PORT),
@@ -435,33 +548,44 @@ class Bench:
 
     def p2(self) -> None:
         s = self.sizes
-        raw, ours = self.rawCall(), self.ourCall()
         rawPeer, ourPeer = self.rawWorkers[0], self.clusterWorkers[0]
-        for call in (raw, ours):
+        calls = {
+            "raw": (self.rawCall(), rawPeer),
+            "rawTLS": (self.rawCall(tls=True), rawPeer),
+            "ours": (self.ourCall(), ourPeer),
+        }
+        for call, _ in calls.values():
             self.pipeRate(call, s.pipe // 5)
         r = self._pair(
             {
-                "raw": lambda: self.withCpu(
-                    lambda: self.pipeRate(raw, s.pipe), s.pipe, rawPeer
-                ),
-                "ours": lambda: self.withCpu(
-                    lambda: self.pipeRate(ours, s.pipe), s.pipe, ourPeer
-                ),
+                name: partial(
+                    self.withCpu, partial(self.pipeRate, call, s.pipe), s.pipe, peer
+                )
+                for name, (call, peer) in calls.items()
             }
         )
+        rate = {name: [trial["rate"] for trial in r[name]] for name in r}
+        self._againstRaw(
+            "P2",
+            f"{s.window} calls outstanding, 1 conn",
+            "calls/s",
+            True,
+            rate,
+            "pipelined",
+            (">=", 1.0),
+        )
+        self._cpuFigures("P2", "P2", r, base="rawTLS", baseName="raw AMP/TLS")
         self.figures.append(
             Figure(
-                "P2",
-                f"{s.window} calls outstanding, 1 conn",
+                "P2r",
+                f"ref: raw AMP over TLS vs over TCP, {s.window} outstanding",
                 "calls/s",
                 True,
-                [trial["rate"] for trial in r["ours"]],
-                "raw AMP pipelined",
-                [trial["rate"] for trial in r["raw"]],
-                target=(">=", 1.0),
+                rate["rawTLS"],
+                "raw AMP/TCP pipelined",
+                rate["raw"],
             )
         )
-        self._cpuFigures("P2", "P2", r)
 
     def p3(self) -> None:
         import crochet
@@ -553,13 +677,13 @@ class Bench:
                 failures.append(f"gather of {size}: {len(results)} answers, {bad[:1]}")
             return elapsed * 1000
 
-        def raw(size: int) -> float:
-            calls = [self.rawCall(i) for i in range(size)]
+        def raw(size: int, tls: bool = False) -> float:
+            calls = [self.rawCall(i, tls=tls) for i in range(size)]
             start = perf_counter()
             results = blockingCallFromThread(reactor, fanout, calls)
             elapsed = perf_counter() - start
             if not all(ok for ok, _ in results):
-                failures.append(f"raw fan-out of {size} failed")
+                failures.append(f"raw fan-out of {size} failed (tls={tls})")
             return elapsed * 1000
 
         def gatherRaw(size: int) -> float:
@@ -571,10 +695,15 @@ class Bench:
                 failures.append(f"gather of {size} raw calls: {len(results)} answers")
             return elapsed * 1000
 
-        measures = {"ours": ours, "raw": raw, "gatherRaw": gatherRaw}
+        measures = {
+            "ours": ours,
+            "raw": raw,
+            "rawTLS": partial(raw, tls=True),
+            "gatherRaw": gatherRaw,
+        }
         names = list(measures)
         for size in s.fanSizes:
-            if size > len(self.uuids) or size > len(self.rawProtos):
+            if size > min(len(self.uuids), len(self.rawProtos), len(self.rawTLSProtos)):
                 self.skipped[f"P4.{size}"] = "not enough clusters"
                 continue
             for _ in range(3):
@@ -592,25 +721,23 @@ class Bench:
                     stats[name]["p50"].append(percentile(values, 50))
                     stats[name]["p99"].append(percentile(values, 99))
             for q in ("p50", "p99"):
-                self.figures.append(
-                    Figure(
-                        f"P4.{size}.{q}",
-                        f"gather() of a call to {size} clusters, {q}",
-                        "ms",
-                        False,
-                        stats["ours"][q],
-                        "raw AMP fan-out",
-                        stats["raw"][q],
-                        target=("<=", 1.1),
-                        note=(
-                            f"{s.fanouts} fan-outs per trial, from a non-reactor "
-                            "thread; maas-rpc: gather() of getClientFor(uuid) then "
-                            "the call; raw: blockingCallFromThread of a "
-                            "DeferredList of callRemote."
-                        )
-                        if q == "p50" and size == s.fanSizes[0]
-                        else "",
+                self._againstRaw(
+                    f"P4.{size}.{q}",
+                    f"gather() of a call to {size} clusters, {q}",
+                    "ms",
+                    False,
+                    {name: stats[name][q] for name in names},
+                    "fan-out",
+                    ("<=", 1.1),
+                    note=(
+                        f"{s.fanouts} fan-outs per trial, from a non-reactor "
+                        "thread; maas-rpc: gather() of getClientFor(uuid) then "
+                        "the call, over the secure channel; raw: "
+                        "blockingCallFromThread of a DeferredList of callRemote, "
+                        "over TLS (P4.*) and over TCP (P4.*.tcp)."
                     )
+                    if q == "p50" and size == s.fanSizes[0]
+                    else "",
                 )
             self.figures.append(
                 Figure(
@@ -619,7 +746,7 @@ class Bench:
                     "ms",
                     False,
                     stats["gatherRaw"]["p50"],
-                    "raw AMP fan-out",
+                    "raw AMP/TCP fan-out",
                     stats["raw"]["p50"],
                     note="gather()'s own cost: the same raw callRemote calls as "
                     "the baseline, through gather()."
@@ -650,7 +777,7 @@ class Bench:
             MAAS_RPC_BIND="127.0.0.1",
         )
         started = perf_counter()
-        self.procs.command(
+        supervisor = self.procs.command(
             [
                 sys.executable,
                 "-m",
@@ -669,18 +796,41 @@ class Bench:
             names = self._waitEventloops(f"{url}/rpc/", s.p5Workers)
             advertising = perf_counter() - started
             say(f"P5: {len(names)} event-loops advertising after {advertising:.1f} s")
+            pids = [supervisor.pid]
             for name in names:
-                self.procs.adopt(int(name.rsplit("pid=", 1)[1]))
+                pids.append(int(name.rsplit("pid=", 1)[1]))
+                self.procs.adopt(pids[-1])
             # A first round, not counted, warms up code paths and caches.
             cold = self._p5Trial(workers, url, secret, len(names))
             say(f"P5: warm-up round: {cold:.2f} s")
-            times = []
+            times: list[float] = []
+            cpu: dict[str, list[float]] = {"region": [], "cluster": []}
             for _ in range(self.trials):
-                times.append(self._p5Trial(workers, url, secret, len(names)))
+                times.append(self._p5Trial(workers, url, secret, len(names), pids, cpu))
                 say(f"P5: trial {len(times)}: {times[-1]:.2f} s")
         finally:
             self.procs.stopWorkers(workers)
         clusters = s.p5Procs * s.p5PerProc
+        conns = clusters * s.p5Workers
+        for side, where in (
+            ("region", f"the region's {s.p5Workers} event-loops and supervisor"),
+            ("cluster", f"the {s.p5Procs} cluster processes"),
+        ):
+            self.figures.append(
+                Figure(
+                    f"P5.cpu.{side}",
+                    f"P5: CPU per connection, {side} side",
+                    "ms",
+                    False,
+                    cpu[side],
+                    note=f"CPU time (user + system, /proc/<pid>/stat) of {where} "
+                    f"over a trial, divided by its {conns} connections: "
+                    "discovery polls, connecting, the secure channel's TLS and "
+                    "handshake, registering."
+                    if side == "region"
+                    else "",
+                )
+            )
         self.figures.append(
             Figure(
                 "P5",
@@ -710,8 +860,22 @@ class Bench:
         raise RuntimeError(f"fewer than {count} event-loops advertised at {url}")
 
     def _p5Trial(
-        self, workers: list[Worker], url: str, secret: bytes, eventloops: int
+        self,
+        workers: list[Worker],
+        url: str,
+        secret: bytes,
+        eventloops: int,
+        regionPids: list[int] | None = None,
+        cpu: dict[str, list[float]] | None = None,
     ) -> float:
+        """One round of P5: create and start the clusters, wait until all
+        are registered with every event-loop, stop them.
+
+        :param regionPids: the region's processes, whose CPU is counted
+            into ``cpu`` (as are the cluster workers') when both are given.
+        :return: the seconds from starting the clusters until all were
+            registered.
+        """
         s = self.sizes
         for worker in workers:
             worker.request(
@@ -723,6 +887,10 @@ class Bench:
                 source=self.sources(s.p5PerProc),
             )
         gc.collect()
+        counting = regionPids is not None and cpu is not None
+        if counting:
+            region0 = sum(processCpu(pid) for pid in regionPids or ())
+            cluster0 = sum(worker.request("cpu")["cpu"] for worker in workers)
         t0 = time.monotonic()
         for worker in workers:
             worker.send("clusters_start")
@@ -731,6 +899,12 @@ class Bench:
         for worker in workers:
             worker.send("clusters_wait", perCluster=eventloops, timeout=60)
         t1 = max(worker.receive(90)["t"] for worker in workers)
+        if counting and cpu is not None:
+            region1 = sum(processCpu(pid) for pid in regionPids or ())
+            cluster1 = sum(worker.request("cpu")["cpu"] for worker in workers)
+            conns = len(workers) * s.p5PerProc * eventloops
+            cpu["region"].append((region1 - region0) / conns * 1000)
+            cpu["cluster"].append((cluster1 - cluster0) / conns * 1000)
         for worker in workers:
             worker.send("clusters_stop")
         for worker in workers:
@@ -909,12 +1083,30 @@ class Bench:
                 )
             )
 
+    def p8(self) -> None:
+        """Connection set-up: see :mod:`benchmarks.connecting`."""
+        from benchmarks.connecting import p8
+
+        p8(self)
+
+    def p9(self) -> None:
+        """A command on the stock path: see :mod:`benchmarks.slowpath`."""
+        from benchmarks.slowpath import p9
+
+        p9(self)
+
+    def p10(self) -> None:
+        """Deferred-returning responders: see :mod:`benchmarks.slowpath`."""
+        from benchmarks.slowpath import p10
+
+        p10(self)
+
     # All of it.
 
     def run(self, only: set[str]) -> None:
         """Run the selected figures (all when ``only`` is empty)."""
         wanted = [f for f in FIGURES if not only or f in only]
-        needsRegion = {"P1", "P1M", "P2", "P3", "P4", "P7"} & set(wanted)
+        needsRegion = {"P1", "P1M", "P2", "P3", "P4", "P7", "P9", "P10"} & set(wanted)
         if needsRegion:
             started = perf_counter()
             self.setUp()

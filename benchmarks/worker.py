@@ -103,8 +103,7 @@ class Control(LineReceiver):
     def _stopAll(self) -> Deferred[Any]:
         waits: list[Deferred[Any]] = [self.cmd_clusters_stop()]
         for proto in self.rawClients + self.setupConns:
-            if proto.transport is not None:
-                proto.transport.loseConnection()
+            _close(proto)
         for port in self.rawListening:
             waits.append(defer.maybeDeferred(port.stopListening))
         if self.region is not None:
@@ -238,7 +237,7 @@ class Control(LineReceiver):
         waits = []
         for proto in conns:
             waits.append(proto.onConnectionLost)
-            proto.transport.loseConnection()
+            _close(proto)
         return defer.DeferredList(waits).addCallback(lambda _: None)
 
     def cmd_raw_connect(
@@ -462,6 +461,20 @@ class Control(LineReceiver):
             timeout,
             lambda: f"{current()} cluster connections, not {count},",
         )
+
+
+def _close(proto: Any) -> None:
+    """Close a raw AMP or maas-rpc connection, once its output is sent.
+
+    A maas-rpc connection is closed with its ``disconnect()``: it is its
+    transport's producer, and a TLS transport's ``loseConnection()`` waits
+    for the producer to unregister before it sends its close alert.
+    """
+    disconnect = getattr(proto, "disconnect", None)
+    if disconnect is not None:
+        disconnect()
+    elif proto.transport is not None:
+        proto.transport.loseConnection()
 
 
 def _beginLogging() -> None:

@@ -811,26 +811,6 @@ class Bench:
         finally:
             self.procs.stopWorkers(workers)
         clusters = s.p5Procs * s.p5PerProc
-        conns = clusters * s.p5Workers
-        for side, where in (
-            ("region", f"the region's {s.p5Workers} event-loops and supervisor"),
-            ("cluster", f"the {s.p5Procs} cluster processes"),
-        ):
-            self.figures.append(
-                Figure(
-                    f"P5.cpu.{side}",
-                    f"P5: CPU per connection, {side} side",
-                    "ms",
-                    False,
-                    cpu[side],
-                    note=f"CPU time (user + system, /proc/<pid>/stat) of {where} "
-                    f"over a trial, divided by its {conns} connections: "
-                    "discovery polls, connecting, the secure channel's TLS and "
-                    "handshake, registering."
-                    if side == "region"
-                    else "",
-                )
-            )
         self.figures.append(
             Figure(
                 "P5",
@@ -847,6 +827,25 @@ class Bench:
                 f"trial, after a warm-up round ({cold:.2f} s).",
             )
         )
+        conns = clusters * s.p5Workers
+        for side in ("region", "cluster"):
+            self.figures.append(
+                Figure(
+                    f"P5.cpu.{side}",
+                    f"P5: CPU per connection, {side} side",
+                    "ms",
+                    False,
+                    cpu[side],
+                    note=f"CPU time (user + system, /proc/<pid>/stat) over a trial "
+                    f"of the region's {s.p5Workers} event-loops and its supervisor "
+                    f"(region side), of the {s.p5Procs} cluster processes (cluster "
+                    f"side), divided by the {conns} connections: discovery polls, "
+                    "connecting, the secure channel (TLS), the handshake, "
+                    "registering."
+                    if side == "region"
+                    else "",
+                )
+            )
 
     def _waitEventloops(self, url: str, count: int, timeout: float = 60) -> list[str]:
         deadline = time.monotonic() + timeout

@@ -8,7 +8,12 @@ responder). It prints, per side, the top functions by cumulative and by
 total (own) time, in microseconds per RPC call, and the functions whose own
 time per call grew most over raw AMP.
 
-P2 (100 outstanding) works the same way. P3 (calls from a thread) and P4
+The raw AMP peer is called over TLS by default, as maas-rpc's secure
+channel runs over TLS (``--profile-raw tcp`` calls it over plain TCP).
+
+P2 (100 outstanding) works the same way, and so do P9 (a command on the
+stock path, :class:`benchmarks.raw.Enlist`) and P10 (a responder that
+returns a fired Deferred). P3 (calls from a thread) and P4
 (gather() of one call to each of 100 clusters, from a thread) also profile
 the calling thread (the reactor thread is profiled separately; Python 3.11's
 cProfile follows one thread per profiler).
@@ -154,13 +159,17 @@ class _Profiled(Bench):
         return threadProfiler, reactorProfiler, elapsed
 
 
-def profile(figure: str, calls: int, top: int, clock: str = "cpu") -> int:
-    """Profile ``figure`` (P1, P2, P3 or P4) for maas-rpc and for raw AMP.
+def profile(
+    figure: str, calls: int, top: int, clock: str = "cpu", raw: str = "tls"
+) -> int:
+    """Profile ``figure`` (P1, P2, P3, P4, P9 or P10) for maas-rpc and for
+    raw AMP.
 
     :param calls: calls to make under the profiler, each way (for P4, in
         fan-outs of 100).
     :param top: rows per table.
     :param clock: ``cpu`` (each thread's CPU time) or ``wall``.
+    :param raw: how raw AMP is called: over ``tls`` or over ``tcp``.
     :return: the exit status.
     """
     import crochet
@@ -168,6 +177,7 @@ def profile(figure: str, calls: int, top: int, clock: str = "cpu") -> int:
     from twisted.internet.threads import blockingCallFromThread
 
     from benchmarks.loops import fanout
+    from benchmarks.raw import NAME, NETWORKS, ORIGIN, URL, EatCheezNow, Enlist
     from maasserver.utils.asynchronous import gather
 
     bench = _Profiled(trials=1)
@@ -177,45 +187,54 @@ def profile(figure: str, calls: int, top: int, clock: str = "cpu") -> int:
         bench.clusters = fan
         calls = max(fan, calls // fan * fan)
     threaded = figure in ("P3", "P4")
+    tls = raw == "tls"
     out: list[str] = []
     try:
         bench.setUp()
         if figure == "P4":
             ourCalls = [bench.ourFreshCall(i) for i in range(fan)]
-            rawCalls = [bench.rawCall(i) for i in range(fan)]
+            rawCalls = [bench.rawCall(i, tls=tls) for i in range(fan)]
 
             def ours() -> Any:
                 return list(gather(ourCalls, timeout=30))
 
-            def raw() -> Any:
+            def theirs() -> Any:
                 return blockingCallFromThread(reactor, fanout, rawCalls)
 
             units = calls // fan
         elif figure == "P3":
-            ourCall, rawCall = bench.ourCall(), crochet.run_in_reactor(bench.rawCall())
+            ourCall = bench.ourCall()
+            rawCall = crochet.run_in_reactor(bench.rawCall(tls=tls))
 
             def ours() -> Any:
                 return ourCall().wait(30)
 
-            def raw() -> Any:
+            def theirs() -> Any:
                 return rawCall().wait(30)
 
             units = calls
         else:
-            ours, raw = bench.ourCall(), bench.rawCall()
+            command, args = None, {}
+            if figure == "P9":
+                command = Enlist
+                args = {"uuid": bench.uuids[0], "networks": NETWORKS, "url": URL}
+            elif figure == "P10":
+                command, args = EatCheezNow, {"name": NAME, "origin": ORIGIN}
+            ours = bench.ourCall(command=command, **args)
+            theirs = bench.rawCall(tls=tls, command=command, **args)
             units = calls
         if threaded:
             for _ in range(max(10, units // 5)):
                 ours()
-                raw()
+                theirs()
         else:
             warm = max(200, calls // 5)
             bench.seqRate(ours, warm)
-            bench.seqRate(raw, warm)
+            bench.seqRate(theirs, warm)
         results: dict[str, dict[str, Any]] = {}
         for name, call, peer in (
             ("maas-rpc", ours, bench.cluster),
-            ("raw AMP", raw, bench.raw),
+            ("raw AMP", theirs, bench.raw),
         ):
             path = bench.workdir / f"peer-{name.replace(' ', '-')}.prof"
             peer.request("profile_start", clock=clock)
@@ -239,7 +258,8 @@ def profile(figure: str, calls: int, top: int, clock: str = "cpu") -> int:
         unit = "each thread's CPU time" if clock == "cpu" else "wall-clock time"
         out.append(
             f"{figure} under cProfile, {calls} calls each way; the responder "
-            f"processes profiled too. Times are µs of {unit} per RPC call."
+            f"processes profiled too. Times are µs of {unit} per RPC call. "
+            f"maas-rpc over its secure channel; raw AMP over {raw.upper()}."
         )
         for name, r in results.items():
             out.append(

@@ -1170,7 +1170,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         metavar="FIG",
-        choices=("P1", "P2", "P3", "P4"),
+        choices=("P1", "P2", "P3", "P4", "P9", "P10"),
         help="run FIG under cProfile, ours and raw AMP, and print the top "
         "functions, instead of the benchmarks",
     )
@@ -1187,6 +1187,13 @@ def parser() -> argparse.ArgumentParser:
         help="what the profile measures: each thread's CPU time (default), or "
         "wall time (which counts waiting in epoll and being descheduled)",
     )
+    p.add_argument(
+        "--profile-raw",
+        choices=("tls", "tcp"),
+        default="tls",
+        help="how --profile calls raw AMP: over TLS, as maas-rpc's secure "
+        "channel runs (default), or over plain TCP",
+    )
     return p
 
 
@@ -1201,7 +1208,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         from benchmarks.profiling import profile
 
-        return profile(args.profile, args.calls, args.top, args.profile_clock)
+        return profile(
+            args.profile, args.calls, args.top, args.profile_clock, args.profile_raw
+        )
     only = {f.strip().upper() for f in args.only.split(",") if f.strip()}
     unknown = only - set(FIGURES)
     if unknown:

@@ -27,12 +27,98 @@ none, so that closing never counts.
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from benchmarks.procs import Processes, Worker
     from benchmarks.run import Bench
 
-__all__ = ["p8"]
+__all__ = ["p8", "profileSetup"]
+
+
+class _Setup:
+    """The four processes of P8 and one burst of connections.
+
+    :param procs: where the processes are started (and stopped).
+    :param workdir: where the region keeps its data.
+    """
+
+    names = ("raw", "rawTLS", "ours")
+
+    def __init__(self, procs: Processes, workdir: Path) -> None:
+        from provisioningserver.security import get_or_create_shared_secret
+
+        dataDir = workdir / "p8-region"
+        self.secret = get_or_create_shared_secret(dataDir / "secret").hex()
+        self.region = procs.worker("region", "p8-region")
+        self.cluster = procs.worker("cluster", "p8-cluster")
+        self.rawServer = procs.worker("raw", "p8-raw-server")
+        self.rawClient = procs.worker("raw", "p8-raw-client")
+        self.workers = [self.region, self.cluster, self.rawServer, self.rawClient]
+        self.info = self.region.request("region_start", dataDir=str(dataDir))
+        self.tcpPort = self.rawServer.request("raw_listen")["port"]
+        self.tlsPort = self.rawServer.request("raw_listen", tls=True)["port"]
+        self.errors: list[str] = []
+
+    def sides(self, name: str) -> tuple[Worker, Worker]:
+        """The accepting and the connecting process of ``name``."""
+        if name == "ours":
+            return self.region, self.cluster
+        return self.rawServer, self.rawClient
+
+    def connect(self, name: str, count: int) -> list[float]:
+        """Open ``count`` connections of kind ``name``, one after another;
+        return the seconds each took."""
+        connector = self.sides(name)[1]
+        if name == "ours":
+            command: dict[str, Any] = {
+                "cmd": "clusters_setup",
+                "port": self.info["rpc"],
+                "eventloop": self.info["name"],
+                "secret": self.secret,
+            }
+        else:
+            command = {
+                "cmd": "raw_setup",
+                "port": self.tlsPort if name == "rawTLS" else self.tcpPort,
+                "tls": name == "rawTLS",
+            }
+        seconds: list[float] = connector.request(timeout=300, n=count, **command)[
+            "seconds"
+        ]
+        return seconds
+
+    def drop(self, name: str, count: int) -> None:
+        """Check that the accepting side lists ``count`` connections, close
+        them, and wait until the accepting side has none."""
+        if name == "ours":
+            listed = self.region.request("region_count")["connections"]
+        else:
+            listed = self.rawServer.request("raw_open")["open"]
+        if listed != count:
+            self.errors.append(f"P8 {name}: {listed} connections, not {count}")
+        self.sides(name)[1].request("setup_drop", timeout=120)
+        if name == "ours":
+            self.region.request("region_wait", count=0, timeout=60)
+        else:
+            self.rawServer.request("raw_wait_open", count=0, timeout=60)
+
+    def burst(self, name: str, count: int) -> dict[str, float]:
+        """One trial of ``name``: the median set-up time (ms) and the CPU
+        per connection (ms) of each side."""
+        acceptor, connector = self.sides(name)
+        accept0 = acceptor.request("cpu")["cpu"]
+        connect0 = connector.request("cpu")["cpu"]
+        seconds = self.connect(name, count)
+        accept1 = acceptor.request("cpu")["cpu"]
+        connect1 = connector.request("cpu")["cpu"]
+        self.drop(name, count)
+        return {
+            "p50": statistics.median(seconds) * 1000,
+            "accept": (accept1 - accept0) / count * 1000,
+            "connect": (connect1 - connect0) / count * 1000,
+        }
 
 
 def p8(bench: Bench) -> None:
@@ -40,65 +126,18 @@ def p8(bench: Bench) -> None:
 
     :param bench: the run.
     """
-    from provisioningserver.security import get_or_create_shared_secret
-
     n = bench.sizes.p8Conns
-    dataDir = bench.workdir / "p8-region"
-    secret = get_or_create_shared_secret(dataDir / "secret").hex()
-    region = bench.procs.worker("region", "p8-region")
-    cluster = bench.procs.worker("cluster", "p8-cluster")
-    rawServer = bench.procs.worker("raw", "p8-raw-server")
-    rawClient = bench.procs.worker("raw", "p8-raw-client")
-    workers = [region, cluster, rawServer, rawClient]
+    setup = _Setup(bench.procs, bench.workdir)
+    names = setup.names
     try:
-        info = region.request("region_start", dataDir=str(dataDir))
-        tcpPort = rawServer.request("raw_listen")["port"]
-        tlsPort = rawServer.request("raw_listen", tls=True)["port"]
-
-        def burst(name: str, count: int) -> dict[str, float]:
-            if name == "ours":
-                acceptor, connector = region, cluster
-                command: dict[str, Any] = {
-                    "cmd": "clusters_setup",
-                    "port": info["rpc"],
-                    "eventloop": info["name"],
-                    "secret": secret,
-                }
-            else:
-                acceptor, connector = rawServer, rawClient
-                command = {
-                    "cmd": "raw_setup",
-                    "port": tlsPort if name == "rawTLS" else tcpPort,
-                    "tls": name == "rawTLS",
-                }
-            accept0 = acceptor.request("cpu")["cpu"]
-            connect0 = connector.request("cpu")["cpu"]
-            seconds = connector.request(timeout=300, n=count, **command)["seconds"]
-            accept1 = acceptor.request("cpu")["cpu"]
-            connect1 = connector.request("cpu")["cpu"]
-            if name == "ours":
-                listed = region.request("region_count")["connections"]
-            else:
-                listed = rawServer.request("raw_open")["open"]
-            if listed != count:
-                bench.errors.append(f"P8 {name}: {listed} connections, not {count}")
-            connector.request("setup_drop", timeout=120)
-            if name == "ours":
-                region.request("region_wait", count=0, timeout=60)
-            else:
-                rawServer.request("raw_wait_open", count=0, timeout=60)
-            return {
-                "p50": statistics.median(seconds) * 1000,
-                "accept": (accept1 - accept0) / count * 1000,
-                "connect": (connect1 - connect0) / count * 1000,
-            }
-
-        names = ("raw", "rawTLS", "ours")
         for name in names:  # Warm up: load code, make the certificates.
-            burst(name, max(5, n // 5))
-        r = bench._pair({name: (lambda name=name: burst(name, n)) for name in names})
+            setup.burst(name, max(5, n // 5))
+        r = bench._pair(
+            {name: (lambda name=name: setup.burst(name, n)) for name in names}
+        )
     finally:
-        bench.procs.stopWorkers(workers)
+        bench.procs.stopWorkers(setup.workers)
+        bench.errors.extend(setup.errors)
 
     def col(field: str) -> dict[str, list[float]]:
         return {name: [trial[field] for trial in r[name]] for name in names}
@@ -138,3 +177,93 @@ def p8(bench: Bench) -> None:
         "client",
         None,
     )
+
+
+def profileSetup(n: int, top: int, clock: str = "cpu") -> int:
+    """``python -m benchmarks --profile P8``: where setting up a connection
+    spends its CPU time, on each side, maas-rpc against raw AMP over TLS.
+
+    :param n: connections of each kind under the profiler.
+    :param top: rows per table.
+    :param clock: ``cpu`` (the thread's CPU time) or ``wall``.
+    :return: the exit status.
+    """
+    import pstats
+    import shutil
+    import tempfile
+
+    from benchmarks.procs import Processes
+    from benchmarks.profiling import _diff, _table
+    from benchmarks.run import say
+
+    workdir = Path(tempfile.mkdtemp(prefix="maas-rpc-bench-"))
+    procs = Processes(workdir)
+    out: list[str] = []
+    try:
+        setup = _Setup(procs, workdir)
+        for name in ("rawTLS", "ours"):
+            setup.burst(name, max(10, n // 5))
+        stats: dict[str, dict[str, pstats.Stats]] = {}
+        for name in ("rawTLS", "ours"):
+            acceptor, connector = setup.sides(name)
+            for worker in (acceptor, connector):
+                worker.request("profile_start", clock=clock)
+            setup.connect(name, n)
+            stats[name] = {}
+            for side, worker in (("accept", acceptor), ("connect", connector)):
+                path = workdir / f"{name}-{side}.prof"
+                worker.request("profile_stop", path=str(path))
+                stats[name][side] = pstats.Stats(str(path))
+            setup.drop(name, n)
+        unit = "the thread's CPU time" if clock == "cpu" else "wall-clock time"
+        out.append(
+            f"P8 under cProfile: {n} connections of each kind, one after another; "
+            f"µs of {unit} per connection. maas-rpc: TCP, SecureChannel, TLS, "
+            "Identify/Authenticate both ways, Register; raw AMP/TLS: TCP, TLS, one "
+            "call."
+        )
+        out.append("")
+        for side, who in (
+            ("accept", "ACCEPTING SIDE (region event-loop / raw server)"),
+            ("connect", "CONNECTING SIDE (cluster / raw client)"),
+        ):
+            out.append(
+                _table(
+                    f"{who}, maas-rpc, by own time",
+                    stats["ours"][side],
+                    n,
+                    top,
+                    1,
+                    per="conn",
+                )
+            )
+            out.append("")
+            out.append(
+                _table(
+                    f"{who}, raw AMP/TLS, by own time",
+                    stats["rawTLS"][side],
+                    n,
+                    top,
+                    1,
+                    per="conn",
+                )
+            )
+            out.append("")
+            out.append(
+                _diff(
+                    f"{who}: own time per connection, maas-rpc minus raw AMP/TLS",
+                    stats["ours"][side],
+                    stats["rawTLS"][side],
+                    n,
+                    top,
+                    per="conn",
+                    rawName="raw AMP/TLS",
+                )
+            )
+            out.append("")
+    finally:
+        procs.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("\n".join(out))
+    say("(figures are per connection, averaged over all connections)")
+    return 0 if out else 1

@@ -64,13 +64,18 @@ def _rows(stats: pstats.Stats) -> dict[Key, tuple[int, float, float]]:
 
 
 def _table(
-    title: str, stats: pstats.Stats, calls: int, top: int, sortIndex: int
+    title: str,
+    stats: pstats.Stats,
+    calls: int,
+    top: int,
+    sortIndex: int,
+    per: str = "RPC",
 ) -> str:
     rows = _rows(stats)
     ordered = sorted(rows.items(), key=lambda kv: kv[1][sortIndex], reverse=True)
     lines = [
         title,
-        f"  {'calls/RPC':>9} {'own µs':>10} {'cum µs':>10}  function",
+        f"  {'calls/' + per:>9} {'own µs':>10} {'cum µs':>10}  function",
     ]
     for key, (nc, tt, ct) in ordered[:top]:
         lines.append(
@@ -81,7 +86,13 @@ def _table(
 
 
 def _diff(
-    title: str, ours: pstats.Stats, raw: pstats.Stats, calls: int, top: int
+    title: str,
+    ours: pstats.Stats,
+    raw: pstats.Stats,
+    calls: int,
+    top: int,
+    per: str = "RPC",
+    rawName: str = "raw AMP",
 ) -> str:
     a, b = _rows(ours), _rows(raw)
     deltas = []
@@ -94,9 +105,10 @@ def _diff(
     totalB = sum(tt for _, tt, _ in b.values())
     lines = [
         title,
-        f"  total own time: maas-rpc {totalA / calls * 1e6:.1f} µs/RPC, raw AMP "
-        f"{totalB / calls * 1e6:.1f} µs/RPC",
-        f"  {'+µs/RPC':>8} {'+calls/RPC':>10} {'ours µs':>8} {'raw µs':>7}  function",
+        f"  total own time: maas-rpc {totalA / calls * 1e6:.1f} µs/{per}, "
+        f"{rawName} {totalB / calls * 1e6:.1f} µs/{per}",
+        f"  {'+µs/' + per:>8} {'+calls/' + per:>10} {'ours µs':>8} {'raw µs':>7}  "
+        "function",
     ]
     for delta, dnc, ttA, ttB, key in deltas[:top]:
         lines.append(
@@ -172,6 +184,11 @@ def profile(
     :param raw: how raw AMP is called: over ``tls`` or over ``tcp``.
     :return: the exit status.
     """
+    if figure == "P8":
+        from benchmarks.connecting import profileSetup
+
+        return profileSetup(calls, top, clock)
+
     import crochet
     from twisted.internet import reactor
     from twisted.internet.threads import blockingCallFromThread

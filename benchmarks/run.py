@@ -1188,12 +1188,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         metavar="FIG",
-        choices=("P1", "P2", "P3", "P4", "P9", "P10"),
+        choices=("P1", "P2", "P3", "P4", "P8", "P9", "P10"),
         help="run FIG under cProfile, ours and raw AMP, and print the top "
         "functions, instead of the benchmarks",
     )
     p.add_argument(
-        "--calls", type=int, default=3000, help="calls to profile (--profile; 3000)"
+        "--calls",
+        type=int,
+        default=None,
+        help="calls to profile (--profile; 3000), or connections (--profile P8; 300)",
     )
     p.add_argument(
         "--top", type=int, default=25, help="functions per profile table (25)"
@@ -1226,8 +1229,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         from benchmarks.profiling import profile
 
+        calls = args.calls or (300 if args.profile == "P8" else 3000)
         return profile(
-            args.profile, args.calls, args.top, args.profile_clock, args.profile_raw
+            args.profile, calls, args.top, args.profile_clock, args.profile_raw
         )
     only = {f.strip().upper() for f in args.only.split(",") if f.strip()}
     unknown = only - set(FIGURES)

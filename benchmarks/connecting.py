@@ -1,4 +1,4 @@
-"""P8: what setting up one connection costs, over the secure channel.
+"""P0: what setting up one connection costs, over the secure channel.
 
 A region event-loop and a cluster process of their own (as P6's), and a raw
 AMP server and a raw AMP client process. Each trial opens, one after
@@ -34,11 +34,11 @@ if TYPE_CHECKING:
     from benchmarks.procs import Processes, Worker
     from benchmarks.run import Bench
 
-__all__ = ["p8", "profileSetup"]
+__all__ = ["p0", "profileSetup"]
 
 
 class _Setup:
-    """The four processes of P8 and one burst of connections.
+    """The four processes of P0 and one burst of connections.
 
     :param procs: where the processes are started (and stopped).
     :param workdir: where the region keeps its data.
@@ -49,12 +49,12 @@ class _Setup:
     def __init__(self, procs: Processes, workdir: Path) -> None:
         from provisioningserver.security import get_or_create_shared_secret
 
-        dataDir = workdir / "p8-region"
+        dataDir = workdir / "p0-region"
         self.secret = get_or_create_shared_secret(dataDir / "secret").hex()
-        self.region = procs.worker("region", "p8-region")
-        self.cluster = procs.worker("cluster", "p8-cluster")
-        self.rawServer = procs.worker("raw", "p8-raw-server")
-        self.rawClient = procs.worker("raw", "p8-raw-client")
+        self.region = procs.worker("region", "p0-region")
+        self.cluster = procs.worker("cluster", "p0-cluster")
+        self.rawServer = procs.worker("raw", "p0-raw-server")
+        self.rawClient = procs.worker("raw", "p0-raw-client")
         self.workers = [self.region, self.cluster, self.rawServer, self.rawClient]
         self.info = self.region.request("region_start", dataDir=str(dataDir))
         self.tcpPort = self.rawServer.request("raw_listen")["port"]
@@ -97,7 +97,7 @@ class _Setup:
         else:
             listed = self.rawServer.request("raw_open")["open"]
         if listed != count:
-            self.errors.append(f"P8 {name}: {listed} connections, not {count}")
+            self.errors.append(f"P0 {name}: {listed} connections, not {count}")
         self.sides(name)[1].request("setup_drop", timeout=120)
         if name == "ours":
             self.region.request("region_wait", count=0, timeout=60)
@@ -121,12 +121,12 @@ class _Setup:
         }
 
 
-def p8(bench: Bench) -> None:
-    """Measure P8 and add its figures to ``bench``.
+def p0(bench: Bench) -> None:
+    """Measure P0 and add its figures to ``bench``.
 
     :param bench: the run.
     """
-    n = bench.sizes.p8Conns
+    n = bench.sizes.p0Conns
     setup = _Setup(bench.procs, bench.workdir)
     names = setup.names
     try:
@@ -143,7 +143,7 @@ def p8(bench: Bench) -> None:
         return {name: [trial[field] for trial in r[name]] for name in names}
 
     bench._againstRaw(
-        "P8",
+        "P0",
         "connection set-up per cluster, p50",
         "ms",
         False,
@@ -157,7 +157,7 @@ def p8(bench: Bench) -> None:
         "(a region event-loop, a cluster process, a raw server, a raw client).",
     )
     bench._againstRaw(
-        "P8.cpu.region",
+        "P0.cpu.region",
         "set-up CPU per connection, accepting (region) process",
         "ms",
         False,
@@ -169,7 +169,7 @@ def p8(bench: Bench) -> None:
         "cluster, as deployed.",
     )
     bench._againstRaw(
-        "P8.cpu.cluster",
+        "P0.cpu.cluster",
         "set-up CPU per connection, connecting (cluster) process",
         "ms",
         False,
@@ -180,7 +180,7 @@ def p8(bench: Bench) -> None:
 
 
 def profileSetup(n: int, top: int, clock: str = "cpu") -> int:
-    """``python -m benchmarks --profile P8``: where setting up a connection
+    """``python -m benchmarks --profile P0``: where setting up a connection
     spends its CPU time, on each side, maas-rpc against raw AMP over TLS.
 
     :param n: connections of each kind under the profiler.
@@ -217,7 +217,7 @@ def profileSetup(n: int, top: int, clock: str = "cpu") -> int:
             setup.drop(name, n)
         unit = "the thread's CPU time" if clock == "cpu" else "wall-clock time"
         out.append(
-            f"P8 under cProfile: {n} connections of each kind, one after another; "
+            f"P0 under cProfile: {n} connections of each kind, one after another; "
             f"µs of {unit} per connection. maas-rpc: TCP, SecureChannel, TLS, "
             "Identify/Authenticate both ways, Register; raw AMP/TLS: TCP, TLS, one "
             "call."

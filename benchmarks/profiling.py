@@ -11,8 +11,8 @@ time per call grew most over raw AMP.
 The raw AMP peer is called over TLS by default, as maas-rpc's secure
 channel runs over TLS (``--profile-raw tcp`` calls it over plain TCP).
 
-P2 (100 outstanding) works the same way, and so do P9 (a command on the
-stock path, :class:`benchmarks.raw.Enlist`) and P10 (a responder that
+P2 (100 outstanding) works the same way, and so do P1s (a command on the
+stock path, :class:`benchmarks.raw.Enlist`) and P1d (a responder that
 returns a fired Deferred). P3 (calls from a thread) and P4
 (gather() of one call to each of 100 clusters, from a thread) also profile
 the calling thread (the reactor thread is profiled separately; Python 3.11's
@@ -174,7 +174,7 @@ class _Profiled(Bench):
 def profile(
     figure: str, calls: int, top: int, clock: str = "cpu", raw: str = "tls"
 ) -> int:
-    """Profile ``figure`` (P1, P2, P3, P4, P9 or P10) for maas-rpc and for
+    """Profile ``figure`` (P1, P2, P3, P4, P1s or P1d) for maas-rpc and for
     raw AMP.
 
     :param calls: calls to make under the profiler, each way (for P4, in
@@ -184,7 +184,7 @@ def profile(
     :param raw: how raw AMP is called: over ``tls`` or over ``tcp``.
     :return: the exit status.
     """
-    if figure == "P8":
+    if figure == "P0":
         from benchmarks.connecting import profileSetup
 
         return profileSetup(calls, top, clock)
@@ -232,10 +232,10 @@ def profile(
             units = calls
         else:
             command, args = None, {}
-            if figure == "P9":
+            if figure == "P1S":
                 command = Enlist
                 args = {"uuid": bench.uuids[0], "networks": NETWORKS, "url": URL}
-            elif figure == "P10":
+            elif figure == "P1D":
                 command, args = EatCheezNow, {"name": NAME, "origin": ORIGIN}
             ours = bench.ourCall(command=command, **args)
             theirs = bench.rawCall(tls=tls, command=command, **args)

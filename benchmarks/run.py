@@ -43,7 +43,7 @@ from benchmarks.stats import Figure, percentile, render
 __all__ = ["Bench", "main"]
 
 #: Figures that can be selected with ``--only``.
-FIGURES = ("P1", "P1M", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
+FIGURES = ("P0", "P1", "P1M", "P1S", "P1D", "P2", "P3", "P4", "P5", "P6", "P7")
 
 #: Poll intervals of the simulated clusters: disconnected, partly and fully
 #: connected (seconds).
@@ -74,7 +74,7 @@ class Sizes:
         self.p6Steps = 2 if quick else 3  # P6: steps
         self.grpcSeq = 1000 // scale  # P7
         self.grpcConc = 2000 // scale  # P7
-        self.p8Conns = 20 if quick else 50  # P8: connections per trial and kind
+        self.p0Conns = 20 if quick else 50  # P0: connections per trial and kind
 
 
 class Bench:
@@ -1100,30 +1100,30 @@ class Bench:
                 )
             )
 
-    def p8(self) -> None:
+    def p0(self) -> None:
         """Connection set-up: see :mod:`benchmarks.connecting`."""
-        from benchmarks.connecting import p8
+        from benchmarks.connecting import p0
 
-        p8(self)
+        p0(self)
 
-    def p9(self) -> None:
+    def p1s(self) -> None:
         """A command on the stock path: see :mod:`benchmarks.slowpath`."""
-        from benchmarks.slowpath import p9
+        from benchmarks.slowpath import p1s
 
-        p9(self)
+        p1s(self)
 
-    def p10(self) -> None:
+    def p1d(self) -> None:
         """Deferred-returning responders: see :mod:`benchmarks.slowpath`."""
-        from benchmarks.slowpath import p10
+        from benchmarks.slowpath import p1d
 
-        p10(self)
+        p1d(self)
 
     # All of it.
 
     def run(self, only: set[str]) -> None:
         """Run the selected figures (all when ``only`` is empty)."""
         wanted = [f for f in FIGURES if not only or f in only]
-        needsRegion = {"P1", "P1M", "P2", "P3", "P4", "P7", "P9", "P10"} & set(wanted)
+        needsRegion = {"P1", "P1M", "P1S", "P1D", "P2", "P3", "P4", "P7"} & set(wanted)
         if needsRegion:
             started = perf_counter()
             self.setUp()
@@ -1188,7 +1188,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         metavar="FIG",
-        choices=("P1", "P2", "P3", "P4", "P8", "P9", "P10"),
+        choices=("P0", "P1", "P1S", "P1D", "P2", "P3", "P4"),
+        type=str.upper,
         help="run FIG under cProfile, ours and raw AMP, and print the top "
         "functions, instead of the benchmarks",
     )
@@ -1196,7 +1197,7 @@ def parser() -> argparse.ArgumentParser:
         "--calls",
         type=int,
         default=None,
-        help="calls to profile (--profile; 3000), or connections (--profile P8; 300)",
+        help="calls to profile (--profile; 3000), or connections (--profile P0; 300)",
     )
     p.add_argument(
         "--top", type=int, default=25, help="functions per profile table (25)"
@@ -1229,7 +1230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         from benchmarks.profiling import profile
 
-        calls = args.calls or (300 if args.profile == "P8" else 3000)
+        calls = args.calls or (300 if args.profile == "P0" else 3000)
         return profile(
             args.profile, calls, args.top, args.profile_clock, args.profile_raw
         )

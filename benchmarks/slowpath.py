@@ -1,4 +1,4 @@
-"""P9 and P10: what maas-rpc's stock path and Deferred answers cost.
+"""P1s and P1d: what maas-rpc's stock path and Deferred answers cost.
 
 maas-rpc answers and sends a command of AMP's plain argument types through
 its common path (:mod:`provisioningserver.rpc.codec`); every other command
@@ -8,12 +8,12 @@ measure the rest, each against raw AMP doing the same over TLS (the same
 transport as maas-rpc's secure channel), sequentially in the reactor, with
 the CPU per call of each side:
 
-* **P9**: :class:`benchmarks.raw.Enlist`, shaped as MAAS's ``Register`` (an
+* **P1s**: :class:`benchmarks.raw.Enlist`, shaped as MAAS's ``Register`` (an
   ``AmpList`` of three networks, an optional URL given, an optional
   argument left out, an empty answer), so it cannot take the common path.
-* **P10**: ``EatCheez``'s arguments and answer, with a responder that
+* **P1d**: ``EatCheez``'s arguments and answer, with a responder that
   returns a Deferred that has already fired
-  (:class:`~benchmarks.raw.EatCheezNow`); **P10'**: one that the reactor
+  (:class:`~benchmarks.raw.EatCheezNow`); **P1d'**: one that the reactor
   fires on its next iteration, through ``callLater(0)``
   (:class:`~benchmarks.raw.EatCheezLater`).
 
@@ -31,11 +31,11 @@ from benchmarks.stats import Figure
 if TYPE_CHECKING:
     from benchmarks.run import Bench
 
-__all__ = ["p10", "p9"]
+__all__ = ["p1d", "p1s"]
 
 
-def p9(bench: Bench) -> None:
-    """Measure P9 (a command on the stock path) and add its figures.
+def p1s(bench: Bench) -> None:
+    """Measure P1s (a command on the stock path) and add its figures.
 
     :param bench: the run.
     """
@@ -52,7 +52,7 @@ def p9(bench: Bench) -> None:
     )
     bench.figures.append(
         Figure(
-            "P9",
+            "P1s",
             "stock path: Register-like Enlist, seq",
             "calls/s",
             True,
@@ -64,11 +64,11 @@ def p9(bench: Bench) -> None:
             "answers it through stock AMP's path (an AmpList argument).",
         )
     )
-    bench._cpuFigures("P9", "P9", r, base="rawTLS", baseName="raw AMP/TLS")
+    bench._cpuFigures("P1s", "P1s", r, base="rawTLS", baseName="raw AMP/TLS")
 
 
-def p10(bench: Bench) -> None:
-    """Measure P10 and P10' (Deferred-returning responders) and add their
+def p1d(bench: Bench) -> None:
+    """Measure P1d and P1d' (Deferred-returning responders) and add their
     figures.
 
     :param bench: the run.
@@ -95,7 +95,7 @@ def p10(bench: Bench) -> None:
 
     bench.figures.append(
         Figure(
-            "P10",
+            "P1d",
             "responder returns a fired Deferred, seq",
             "calls/s",
             True,
@@ -103,13 +103,13 @@ def p10(bench: Bench) -> None:
             "raw AMP/TLS seq",
             rate("rawTLS"),
             note="EatCheez's arguments and answer; the responder returns "
-            "defer.succeed(answer) (P10) or deferLater(reactor, 0, ...) (P10').",
+            "defer.succeed(answer) (P1d) or deferLater(reactor, 0, ...) (P1d').",
         )
     )
-    bench._cpuFigures("P10", "P10", r, base="rawTLS", baseName="raw AMP/TLS")
+    bench._cpuFigures("P1d", "P1d", r, base="rawTLS", baseName="raw AMP/TLS")
     bench.figures.append(
         Figure(
-            "P10'",
+            "P1d'",
             "responder's Deferred fires via callLater(0), seq",
             "calls/s",
             True,

@@ -27,6 +27,7 @@ none, so that closing never counts.
 from __future__ import annotations
 
 import statistics
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,9 +133,7 @@ def p0(bench: Bench) -> None:
     try:
         for name in names:  # Warm up: load code, make the certificates.
             setup.burst(name, max(5, n // 5))
-        r = bench._pair(
-            {name: (lambda name=name: setup.burst(name, n)) for name in names}
-        )
+        r = bench._pair({name: partial(setup.burst, name, n) for name in names})
     finally:
         bench.procs.stopWorkers(setup.workers)
         bench.errors.extend(setup.errors)

@@ -231,14 +231,15 @@ def profile(
 
             units = calls
         else:
-            command, args = None, {}
+            command: Any = None
+            args: dict[str, Any] = {}
             if figure == "P1S":
                 command = Enlist
                 args = {"uuid": bench.uuids[0], "networks": NETWORKS, "url": URL}
             elif figure == "P1D":
                 command, args = EatCheezNow, {"name": NAME, "origin": ORIGIN}
-            ours = bench.ourCall(command=command, **args)
-            theirs = bench.rawCall(tls=tls, command=command, **args)
+            ours = bench.ourCall(command=command, args=args)
+            theirs = bench.rawCall(tls=tls, command=command, args=args)
             units = calls
         if threaded:
             for _ in range(max(10, units // 5)):

@@ -28,8 +28,9 @@ import hashlib
 from typing import Any
 
 from twisted.internet import defer, ssl
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 __all__ = [
     "NAME",
@@ -98,7 +99,7 @@ class Enlist(amp.Command):
         (b"url", amp.Unicode(optional=True)),
         (b"ip_addr_json", amp.Unicode(optional=True)),
     ]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class EatCheezNow(amp.Command):
@@ -180,7 +181,7 @@ class RawCheeseServer(amp.AMP):
 
         return rateLater(reactor, name, origin)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.factory is not None:
             self.factory.open.discard(self)
@@ -194,7 +195,7 @@ class RawClient(amp.AMP):
         super().__init__()
         self.onConnectionLost: defer.Deferred[None] = defer.Deferred()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.onConnectionLost.callback(None)
 

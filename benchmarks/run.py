@@ -275,7 +275,11 @@ class Bench:
     # Calls.
 
     def rawCall(
-        self, index: int = 0, tls: bool = False, command: Any = None, **args: Any
+        self,
+        index: int = 0,
+        tls: bool = False,
+        command: Any = None,
+        args: dict[str, Any] | None = None,
     ) -> Callable[[], Any]:
         """A raw AMP call on connection ``index`` (over TLS when ``tls``),
         for the reactor thread: ``command`` with ``args`` (by default
@@ -285,7 +289,7 @@ class Bench:
         proto = (self.rawTLSProtos if tls else self.rawProtos)[index]
         if command is None:
             command, args = RawEatCheez, {"name": NAME, "origin": ORIGIN}
-        return partial(proto.callRemote, command, **args)
+        return partial(proto.callRemote, command, **(args or {}))
 
     def ourClient(self, index: int = 0) -> Any:
         """A :class:`Client` for cluster ``index``, from ``getClientFor``."""
@@ -294,7 +298,7 @@ class Bench:
         return getClientFor(self.uuids[index])
 
     def ourCall(
-        self, index: int = 0, command: Any = None, **args: Any
+        self, index: int = 0, command: Any = None, args: dict[str, Any] | None = None
     ) -> Callable[[], Any]:
         """A call through one ``getClientFor`` client, for any thread:
         ``command`` with ``args`` (by default ``EatCheez``)."""
@@ -304,7 +308,7 @@ class Bench:
         client = self.ourClient(index)
         if command is None:
             command, args = EatCheez, {"name": NAME, "origin": ORIGIN}
-        return partial(client, command, **args)
+        return partial(client, command, **(args or {}))
 
     def ourFreshCall(self, index: int = 0) -> Callable[[], Any]:
         """``getClientFor(uuid)`` then the call, for the reactor thread."""
@@ -697,7 +701,7 @@ class Bench:
                 failures.append(f"gather of {size} raw calls: {len(results)} answers")
             return elapsed * 1000
 
-        measures = {
+        measures: dict[str, Callable[[int], float]] = {
             "ours": ours,
             "raw": raw,
             "rawTLS": partial(raw, tls=True),

@@ -24,7 +24,7 @@ command classes and the same work on both sides.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.stats import Figure
 
@@ -41,12 +41,12 @@ def p1s(bench: Bench) -> None:
     """
     from benchmarks.raw import NETWORKS, URL, Enlist
 
-    args = {"uuid": bench.uuids[0], "networks": NETWORKS, "url": URL}
+    args: dict[str, Any] = {"uuid": bench.uuids[0], "networks": NETWORKS, "url": URL}
     rawPeer, ourPeer = bench.rawWorkers[0], bench.clusterWorkers[0]
     r = bench._seqPair(
         {
-            "rawTLS": (bench.rawCall(tls=True, command=Enlist, **args), rawPeer),
-            "ours": (bench.ourCall(command=Enlist, **args), ourPeer),
+            "rawTLS": (bench.rawCall(tls=True, command=Enlist, args=args), rawPeer),
+            "ours": (bench.ourCall(command=Enlist, args=args), ourPeer),
         },
         bench.sizes.seq,
     )
@@ -79,13 +79,16 @@ def p1d(bench: Bench) -> None:
     rawPeer, ourPeer = bench.rawWorkers[0], bench.clusterWorkers[0]
     r = bench._seqPair(
         {
-            "rawTLS": (bench.rawCall(tls=True, command=EatCheezNow, **args), rawPeer),
-            "ours": (bench.ourCall(command=EatCheezNow, **args), ourPeer),
-            "rawLater": (
-                bench.rawCall(tls=True, command=EatCheezLater, **args),
+            "rawTLS": (
+                bench.rawCall(tls=True, command=EatCheezNow, args=args),
                 rawPeer,
             ),
-            "oursLater": (bench.ourCall(command=EatCheezLater, **args), ourPeer),
+            "ours": (bench.ourCall(command=EatCheezNow, args=args), ourPeer),
+            "rawLater": (
+                bench.rawCall(tls=True, command=EatCheezLater, args=args),
+                rawPeer,
+            ),
+            "oursLater": (bench.ourCall(command=EatCheezLater, args=args), ourPeer),
         },
         bench.sizes.seq,
     )

@@ -61,7 +61,8 @@ class Control(LineReceiver):
         self.reactor = reactor
         self.role = role
         self.rawServers: list[Any] = []
-        self.rawListening: list[Any] = []
+        self.rawListening: Any = None  # The last raw port (as subclasses set it).
+        self.rawPorts: list[Any] = []
         self.rawFactories: list[Any] = []
         self.rawClients: list[Any] = []
         self.setupConns: list[Any] = []
@@ -104,7 +105,10 @@ class Control(LineReceiver):
         waits: list[Deferred[Any]] = [self.cmd_clusters_stop()]
         for proto in self.rawClients + self.setupConns:
             _close(proto)
-        for port in self.rawListening:
+        ports = list(self.rawPorts)
+        if self.rawListening is not None and self.rawListening not in ports:
+            ports.append(self.rawListening)
+        for port in ports:
             waits.append(defer.maybeDeferred(port.stopListening))
         if self.region is not None:
             waits.append(self.region.stop())
@@ -178,7 +182,8 @@ class Control(LineReceiver):
             )
         else:
             port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.rawListening.append(port)
+        self.rawPorts.append(port)
+        self.rawListening = port
         self.rawFactories.append(factory)
         return {"port": port.getHost().port}
 

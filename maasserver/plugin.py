@@ -20,7 +20,7 @@ from twisted.python import usage
 from maasserver.config import RegionConfig
 from provisioningserver import settings
 from provisioningserver.config import ConfigError
-from provisioningserver.plugin import loadProtocol
+from provisioningserver.plugin import PluginOptions, loadProtocol
 
 __all__ = ["Options", "loadRegionProtocol", "makeService"]
 
@@ -43,8 +43,10 @@ def loadRegionProtocol(config: RegionConfig | Mapping[str, str]) -> Any:
     return loadProtocol(spec, RegionServer, "MAAS_RPC_REGION_PROTOCOL")
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
     """Flags of ``twistd maas-regiond``: one per region setting."""
+
+    command = "twistd maas-regiond"
 
     optParameters = settings.optParameters("region")
 
@@ -57,7 +59,7 @@ class Options(usage.Options):
         settings.warnUnknown(os.environ, "maas-regiond", sys.stderr)
         try:
             given = settings.optionOverrides(self, "region")
-            self["config"] = RegionConfig.from_env(**given)
+            self["config"] = RegionConfig.from_env(None, **given)
             self["protocolClass"] = loadRegionProtocol(self["config"])
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
@@ -75,8 +77,10 @@ def makeService(options: Options) -> MultiService:
 
     from maasserver.eventloop import loop
     from provisioningserver.security import SecretError
+    from provisioningserver.utils.fds import raiseOpenFileLimit
 
     crochet.no_setup()
+    raiseOpenFileLimit()
     try:
         return loop.populate(options["config"], protocol=options["protocolClass"])
     except (ConfigError, SecretError, OSError, ImportError) as error:

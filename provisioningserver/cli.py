@@ -135,13 +135,24 @@ def runService(
             return service.stopService()
         return None
 
+    hop: Any = reactor.callFromThread  # type: ignore[attr-defined]
+
     def handleSignals() -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: reactor.callFromThread(stopOnce))
+            signal.signal(signum, lambda *_: hop(stopOnce))
 
     reactor.callWhenRunning(handleSignals)
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    import crochet
+
+    try:
+        # This process runs the reactor itself: crochet must not start one,
+        # and must know this one (so that results still waited for from
+        # other threads fail with ReactorStopped at shutdown).
+        crochet.no_setup()
+    except RuntimeError:
+        pass  # The service maker has said so already.
     reactor.run()
     return status["code"]
 
@@ -183,7 +194,7 @@ def runCluster(overrides: dict[str, str], protocol: Any = None) -> int:
     name = "maas-rpc cluster"
     settings.warnUnknown(os.environ, name, sys.stderr)
     try:
-        config = ClusterConfig.from_env(**overrides)
+        config = ClusterConfig.from_env(None, **overrides)
         env = {**os.environ, **overrides}
         protocolClass = protocol or loadClusterProtocol(env)
     except ConfigError as error:

@@ -25,6 +25,7 @@ from provisioningserver import settings
 from provisioningserver.config import ClusterConfig, ConfigError
 
 __all__ = [
+    "PluginOptions",
     "Options",
     "describeCluster",
     "loadClusterProtocol",
@@ -73,8 +74,33 @@ def loadClusterProtocol(environ: Mapping[str, str]) -> Any:
     return loadProtocol(spec, ClusterClient, "MAAS_RPC_CLUSTER_PROTOCOL")
 
 
-class Options(usage.Options):
+class PluginOptions(usage.Options):
+    """Options of a twistd plugin that stop twistd with a non-zero status on
+    a configuration error, on every supported Twisted (twistd before 26.10
+    prints a usage error and exits 0).
+
+    :cvar command: how the command is named in the error line.
+    """
+
+    command = "twistd"
+
+    def parseOptions(self, options: Any = None) -> None:
+        """Parse, and on a usage error print it as one line and exit 1.
+
+        :param options: the arguments; ``sys.argv[1:]`` when ``None``.
+        :raises SystemExit: (1) on a usage error.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            print(f"{self.command}: error: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+class Options(PluginOptions):
     """Flags of ``twistd maas-clusterd``: one per cluster setting."""
+
+    command = "twistd maas-clusterd"
 
     optParameters = settings.optParameters("cluster")
 
@@ -87,7 +113,7 @@ class Options(usage.Options):
         settings.warnUnknown(os.environ, "maas-clusterd", sys.stderr)
         try:
             given = settings.optionOverrides(self, "cluster")
-            self["config"] = ClusterConfig.from_env(**given)
+            self["config"] = ClusterConfig.from_env(None, **given)
             self["protocolClass"] = loadClusterProtocol({**os.environ, **given})
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
@@ -150,6 +176,7 @@ def makeClusterService(config: ClusterConfig, protocol: Any = None) -> MultiServ
         limits=config.limits,
         keepaliveInterval=config.keepalive_interval,
         keepaliveTimeout=config.keepalive_timeout,
+        discoveryLimits=config.discovery,
         allowLegacyPeers=config.allow_legacy_peers,
     )
     if config.allow_legacy_peers:
@@ -235,7 +262,10 @@ def makeService(options: Options) -> MultiService:
     """
     import crochet
 
+    from provisioningserver.utils.fds import raiseOpenFileLimit
+
     crochet.no_setup()
+    raiseOpenFileLimit()
     config = options["config"]
     try:
         services = makeClusterService(config, options["protocolClass"])

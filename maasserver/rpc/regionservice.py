@@ -53,6 +53,7 @@ from provisioningserver.rpc.handshake import (
     HandshakeDeadline,
     answerChallenge,
     challengePeer,
+    handshakeCall,
 )
 from provisioningserver.rpc.limits import DEFAULT_LIMITS, Limits
 from provisioningserver.rpc.region import Authenticate, Identify, Ping, Register
@@ -130,7 +131,8 @@ class Region(RPCProtocol):
         try:
             return answerChallenge(self.service.secret, message, REGION, self.proof())
         except ChallengeRefused as error:
-            log.warn(
+            self.peerWarn(
+                "challenge",
                 "Refused to answer a challenge from {peer}: {error}; closing "
                 "the connection.",
                 peer=peerAddress(self),
@@ -275,7 +277,7 @@ class RegionServer(Region):
 
     async def _checkCluster(self) -> None:
         await self.channelReady.get()
-        response = await self.callRemote(Identify)
+        response = await handshakeCall(self, Identify)
         ident = response["ident"]
         if not ident or len(ident) > _MAX_IDENT:
             raise AuthenticationFailed(
@@ -315,15 +317,17 @@ class RegionServer(Region):
         self._failureLogged = True
         if failure.check(AuthenticationFailed):
             observers.handshakeFailed("region", "wrong-secret")
-            log.error(
+            self.peerError(
+                "auth",
                 "Authentication of cluster at {peer} failed: {error}; dropping "
                 "the connection.",
                 peer=peerAddress(self),
-                error=failure.value,
+                error=printable(failure.getErrorMessage(), 200),
             )
         elif failure.check(amp.AmpError, ConnectionError):
             observers.handshakeFailed("region", "protocol")
-            log.warn(
+            self.peerWarn(
+                "handshake",
                 "Handshake with cluster at {peer} failed: {error}; dropping the "
                 "connection.",
                 peer=peerAddress(self),
@@ -378,7 +382,8 @@ class RegionServer(Region):
                 f"cluster {uuid} is not authenticated; refusing to register it"
             )
         if uuid != self.ident:
-            log.error(
+            self.peerError(
+                "register",
                 "Cluster at {peer} identified itself as {ident} but asked to "
                 "register as {uuid}; refusing.",
                 peer=peerAddress(self),
@@ -437,7 +442,8 @@ class RegionServer(Region):
     def _logEarlyHangUp(self) -> None:
         ident = printable(self.ident) if self.ident else "(unidentified)"
         if self.lastRefused is not None:
-            log.warn(
+            self.peerWarn(
+                "hangup",
                 "Cluster {ident} at {peer} disconnected before completing the "
                 "handshake, after {n} of its commands (the last {command}) were "
                 "refused because it had not completed the handshake.",
@@ -447,12 +453,14 @@ class RegionServer(Region):
                 command=printable(self.lastRefused),
             )
         elif self.mode is None:
-            log.warn(
+            self.peerWarn(
+                "hangup",
                 "Peer at {peer} disconnected before the secure channel was up.",
                 peer=self._peer,
             )
         else:
-            log.warn(
+            self.peerWarn(
+                "hangup",
                 "Cluster {ident} at {peer} disconnected before completing the "
                 "handshake; a cluster hangs up when the region's digest is "
                 "wrong, so check that both have the same shared secret.",

@@ -180,7 +180,8 @@ class CallingProtocol(DispatchingProtocol):
                     "Dropped a late answer to abandoned ask {tag}.", tag=printable(tag)
                 )
             else:
-                log.warn(
+                self.peerWarn(
+                    "stray-answer",
                     "Dropped an answer to ask {tag}, which was never sent, from "
                     "{peer}.",
                     tag=printable(tag),

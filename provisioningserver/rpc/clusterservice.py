@@ -96,6 +96,7 @@ class Cluster(RPCProtocol):
         self.tls = service.tls
         self.clock = service.clock
         self.allowLegacyPeers = service.allowLegacyPeers
+        self.logLimiter = service.logLimiter
 
     #: TLS is set up by the secure channel, before anything else: AMP's
     #: ``StartTLS`` is refused.
@@ -123,7 +124,8 @@ class Cluster(RPCProtocol):
         try:
             return answerChallenge(self.service.secret, message, CLUSTER, self.proof())
         except ChallengeRefused as error:
-            log.warn(
+            self.peerWarn(
+                "challenge",
                 "Refused to answer a challenge from {peer}: {error}; closing "
                 "the connection.",
                 peer=peerAddress(self),
@@ -244,7 +246,8 @@ class ClusterClient(Cluster):
                 return  # An older region without Ping: it answered, so alive.
             if not self.isConnected():
                 return
-            log.warn(
+            self.peerWarn(
+                "keepalive",
                 "Region event-loop {eventloop} at {peer} did not answer a "
                 "keepalive within {timeout} seconds ({error}); dropping the "
                 "connection.",
@@ -283,7 +286,8 @@ class ClusterClient(Cluster):
         else:
             observers.handshakeFailed("cluster", "protocol")
         if failure.check(AuthenticationFailed, RegistrationFailed, amp.AmpError):
-            log.error(
+            self.peerError(
+                "handshake",
                 "Handshake with region at {peer} failed: {error}; dropping the "
                 "connection.",
                 peer=peerAddress(self),
@@ -510,6 +514,9 @@ class ClusterClientService(Service):
         self._connect = connect or self._connectTCP
         self._attempts = DeferredSemaphore(self.discoveryLimits.connectConcurrency)
         self._logs = LogLimiter(log, clock=reactor)
+        #: Warnings about what region peers do: once a minute per kind and
+        #: address (the connections' own).
+        self.logLimiter = LogLimiter(log, clock=reactor)
         self.connections: dict[str, ClusterClient] = {}
         self.connecting: dict[str, Deferred[Any]] = {}
         self.handshaking: dict[ClusterClient, None] = {}

@@ -293,11 +293,25 @@ class RPCProtocol(CallingProtocol):
         :param reason: why the connection was lost.
         """
         if self._channel == _TLS:
-            log.warn(
+            self.peerWarn(
+                "tls",
                 "TLS with {peer} failed: {reason}",
                 peer=peerAddress(self),
                 reason=printable(reason.getErrorMessage(), 300),
             )
+        elif self._channel == _READY and self.mode in (SECURE, MTLS):
+            from OpenSSL import SSL
+
+            if reason.check(SSL.Error):
+                # A record that does not verify: changed in flight, or forged.
+                self.peerWarn(
+                    "tls",
+                    "TLS with {peer} failed, closing the connection: {reason} "
+                    "(a record that does not verify was changed in flight or "
+                    "forged)",
+                    peer=peerAddress(self),
+                    reason=printable(reason.getErrorMessage(), 300),
+                )
         self._lost = True
         self._held = []
         requests = self._outstandingRequests
@@ -474,7 +488,8 @@ class RPCProtocol(CallingProtocol):
             arguments = SecureChannel.parseArguments(box, self)
             offered = parseCapabilities(arguments["capabilities"])
         except Exception as error:  # noqa: BLE001 - a malformed offer
-            log.warn(
+            self.peerWarn(
+                "channel",
                 "Peer {peer} sent a malformed SecureChannel ({error}); dropping "
                 "the connection.",
                 peer=peerAddress(self),
@@ -510,7 +525,9 @@ class RPCProtocol(CallingProtocol):
 
     def _refuseChannel(self, box: amp.AmpBox, why: str) -> None:
         self._channel = _REFUSED
-        log.warn("Refused peer at {peer}: {why}.", peer=peerAddress(self), why=why)
+        self.peerWarn(
+            "channel", "Refused peer at {peer}: {why}.", peer=peerAddress(self), why=why
+        )
         self._refusalReply(box, why)
 
     def _refuseLegacyPeer(self, box: amp.AmpBox) -> None:
@@ -520,7 +537,8 @@ class RPCProtocol(CallingProtocol):
             if self.tls is not None
             else "legacy peers are not allowed (MAAS_RPC_ALLOW_LEGACY_PEERS)"
         )
-        log.warn(
+        self.peerWarn(
+            "legacy",
             "Refused peer at {peer}: it does not offer the secure channel (a "
             "MAAS peer, or someone pretending to be one) and {why}.",
             peer=peerAddress(self),
@@ -587,8 +605,8 @@ class RPCProtocol(CallingProtocol):
             role = certificateRole(self.peerCertificate)
             if role != self.tls.peerRole:
                 self._channelBroken(
-                    f"the peer presented a certificate for {role!r}, not "
-                    f"{self.tls.peerRole!r}"
+                    f"the peer presented a certificate for "
+                    f"{printable(repr(role), 80)}, not {self.tls.peerRole!r}"
                 )
                 return
         self._proof = ChannelProof(self._proof.mode, binding, self._proof.transcript)
@@ -597,7 +615,8 @@ class RPCProtocol(CallingProtocol):
         self.channelReady.set(self.mode)
 
     def _channelBroken(self, why: str) -> None:
-        log.error(
+        self.peerError(
+            "tls",
             "TLS with {peer}: {why}; dropping the connection.",
             peer=peerAddress(self),
             why=why,
@@ -621,7 +640,8 @@ class RPCProtocol(CallingProtocol):
             self._firstBox(box)
         elif channel == _OFFERED and amp.COMMAND in box:
             if len(self._held) >= _MAX_HELD:
-                log.warn(
+                self.peerWarn(
+                    "held",
                     "Peer {peer} sent more than {n} commands before answering "
                     "SecureChannel; dropping the connection.",
                     peer=peerAddress(self),

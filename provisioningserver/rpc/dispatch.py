@@ -219,7 +219,8 @@ class DispatchingProtocol(BoxProtocol):
             if tooLong is not None:
                 return tooLong
         if self._inProgress >= limit:
-            log.warn(
+            self.peerWarn(
+                "asks",
                 "Peer {peer} has more than {limit} commands in progress; "
                 "dropping the connection.",
                 peer=peerAddress(self),
@@ -242,7 +243,8 @@ class DispatchingProtocol(BoxProtocol):
             if isinstance(argument, amp.AmpList | amp.ListOf):
                 value = box.get(wire)
                 if value is not None and _countItems(value, argument, cap) > cap:
-                    log.warn(
+                    self.peerWarn(
+                        "list-items",
                         "Peer {peer} sent {command} with more than {cap} items "
                         "in {argument} before authenticating; dropping the "
                         "connection.",
@@ -263,7 +265,8 @@ class DispatchingProtocol(BoxProtocol):
         self.refused += 1
         self.lastRefused = name
         command = printable(name)
-        log.warn(
+        self.peerWarn(
+            "gate",
             "Refused {command} from {peer}: the peer has not completed the handshake.",
             command=command,
             peer=peerAddress(self),
@@ -389,7 +392,8 @@ class DispatchingProtocol(BoxProtocol):
             self.disconnect()
 
     def _unansweredFailed(self, failure: Failure, box: amp.AmpBox) -> None:
-        log.warn(
+        self.peerWarn(
+            "unanswered",
             "Command {command} from {peer}, sent without wanting an answer, "
             "failed: {error}",
             command=printable(box.get(amp.COMMAND, b"?")),

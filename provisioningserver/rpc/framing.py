@@ -38,7 +38,7 @@ from typing import Any
 
 from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from provisioningserver.rpc.chunking import (
@@ -147,6 +147,9 @@ class BoxProtocol(amp.AMP):
         a MAAS or stock AMP peer).
     :ivar acceptsChunks: whether this side told the peer that it reassembles
         chunked values (so it joins them on receipt).
+    :ivar logLimiter: a
+        :class:`~provisioningserver.utils.ratelimit.LogLimiter` for warnings
+        about the peer, or ``None`` to log each one.
     """
 
     __slots__ = (
@@ -167,6 +170,8 @@ class BoxProtocol(amp.AMP):
         "_plaintextEnds",
         "_writePaused",
         "_unsentWhilePaused",
+        "logLimiter",
+        "_peerHostName",
     )
 
     def __init__(
@@ -194,6 +199,8 @@ class BoxProtocol(amp.AMP):
         self._plaintextEnds = False
         self._writePaused = False
         self._unsentWhilePaused = 0
+        self.logLimiter: Any = None
+        self._peerHostName = "(not connected)"
 
     # Stock AMP points these at the protocol itself, which makes every
     # connection a reference cycle that only a full garbage collection
@@ -230,6 +237,49 @@ class BoxProtocol(amp.AMP):
     def boxSender(self, value: Any) -> None:
         self._sender = None if value is self else value
 
+    # Logging what the peer does.
+
+    def peerWarn(self, kind: str, format: str, **kwargs: Any) -> None:  # noqa: A002
+        """Log a warning about the peer's behaviour: through
+        :attr:`logLimiter` when it has one (the region's and the clusters'
+        connections do: once per minute per kind and peer address, with a
+        count of the lines held back), else at once.
+
+        Anything a peer can make a process do over and over (open, refuse,
+        break connections) must not let it fill the log.
+
+        :param kind: what happened, e.g. ``"box-budget"``.
+        :param format: the :mod:`twisted.logger` format string.
+        :param kwargs: its fields.
+        """
+        self._peerLog(LogLevel.warn, kind, format, kwargs)
+
+    def peerError(self, kind: str, format: str, **kwargs: Any) -> None:  # noqa: A002
+        """As :meth:`peerWarn`, at error level (a peer that failed to prove
+        it knows the secret, say).
+
+        :param kind: what happened.
+        :param format: the :mod:`twisted.logger` format string.
+        :param kwargs: its fields.
+        """
+        self._peerLog(LogLevel.error, kind, format, kwargs)
+
+    def _peerLog(
+        self,
+        level: LogLevel,
+        kind: str,
+        format: str,
+        kwargs: dict[str, Any],  # noqa: A002
+    ) -> None:
+        limiter = self.logLimiter
+        if limiter is None:
+            log.emit(level, format, **kwargs)
+        else:
+            limiter.emit(level, (kind, self._peerHost()), format, **kwargs)
+
+    def _peerHost(self) -> str:
+        return self._peerHostName
+
     # Connection.
 
     def makeConnection(self, transport: Any) -> None:
@@ -243,7 +293,9 @@ class BoxProtocol(amp.AMP):
     def connectionMade(self) -> None:
         """Become the transport's streaming producer, for back-pressure."""
         super().connectionMade()
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        transport: Any = self.transport
+        self._peerHostName = str(getattr(transport.getPeer(), "host", "?"))
+        transport.registerProducer(self, True)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Free the parser's buffers, then fail outstanding calls as AMP
@@ -326,7 +378,8 @@ class BoxProtocol(amp.AMP):
         return limits.maxBoxBytes, limits.maxKeys
 
     def _overBudget(self, what: str, cap: int) -> None:
-        log.warn(
+        self.peerWarn(
+            "box-budget",
             "Peer {peer} sent a box of more than {cap} {what}; dropping the "
             "connection.",
             peer=peerAddress(self),
@@ -438,7 +491,8 @@ class BoxProtocol(amp.AMP):
         self._boxKeys = keys
 
     def _plaintextAfterSwitch(self) -> None:
-        log.warn(
+        self.peerWarn(
+            "plaintext",
             "Peer {peer} sent bytes in the clear after asking for TLS; "
             "dropping the connection.",
             peer=peerAddress(self),
@@ -472,7 +526,8 @@ class BoxProtocol(amp.AMP):
         elif amp.COMMAND in box:
             self._commandReceived(box)
         else:
-            log.warn(
+            self.peerWarn(
+                "empty-box",
                 "Peer {peer} sent a box with no command, answer or error (keys "
                 "{keys}); dropping the connection.",
                 peer=peerAddress(self),
@@ -517,7 +572,8 @@ class BoxProtocol(amp.AMP):
         if self._writePaused:
             self._unsentWhilePaused += sum(len(k) + len(v) + 4 for k, v in box.items())
             if self._unsentWhilePaused > self.limits.maxUnsentBytes:
-                log.warn(
+                self.peerWarn(
+                    "unread",
                     "Peer {peer} left more than {limit} bytes unread; dropping "
                     "the connection.",
                     peer=peerAddress(self),

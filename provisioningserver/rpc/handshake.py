@@ -44,9 +44,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from provisioningserver.rpc.channel import LEGACY, boundDigest
-from provisioningserver.rpc.exceptions import ChallengeRefused
+from provisioningserver.rpc.exceptions import AuthenticationFailed, ChallengeRefused
 from provisioningserver.rpc.framing import peerAddress
 from provisioningserver.security import calculate_digest, digests_match
+from provisioningserver.utils.text import printable
 
 __all__ = [
     "CHALLENGE_BYTES",
@@ -58,6 +59,7 @@ __all__ = [
     "ReflectedChallenge",
     "answerChallenge",
     "challengePeer",
+    "handshakeCall",
     "isOwnChallenge",
     "makeChallenge",
 ]
@@ -195,12 +197,31 @@ async def _challenge(
     from provisioningserver.rpc.common import Authenticate
 
     message = makeChallenge(secret, role)
-    response = await conn.callRemote(Authenticate, message=message)
+    response = await handshakeCall(conn, Authenticate, message=message)
     salt = response["salt"]
     if len(salt) != SALT_BYTES:
         return False
     expected = digestFor(secret, peerRole, proof, message, salt)
     return digests_match(expected, response["digest"])
+
+
+async def handshakeCall(conn: Any, command: Any, **arguments: Any) -> Any:
+    """Call a handshake command; an answer that does not parse is the peer's
+    failure to authenticate, said in one line, not a crash of this side.
+
+    :param conn: the connection.
+    :param command: the command.
+    :param arguments: its arguments.
+    :return: the answer.
+    :raises AuthenticationFailed: when the answer is malformed.
+    """
+    try:
+        return await conn.callRemote(command, **arguments)
+    except (KeyError, ValueError, TypeError) as error:
+        raise AuthenticationFailed(
+            f"the peer's answer to {command.__name__} is malformed "
+            f"({printable(str(error), 80)})"
+        ) from None
 
 
 def challengePeer(
@@ -240,13 +261,20 @@ class HandshakeDeadline:
 
     def _expired(self) -> None:
         proto, self._proto = self._proto, None
-        log.warn(
+        warn = getattr(proto, "peerWarn", None)
+        fields = {
+            "what": self._what,
+            "peer": peerAddress(proto),
+            "timeout": self._timeout,
+        }
+        text = (
             "{what} with {peer} did not complete within {timeout} seconds; "
-            "dropping the connection.",
-            what=self._what,
-            peer=peerAddress(proto),
-            timeout=self._timeout,
+            "dropping the connection."
         )
+        if warn is not None:
+            warn("deadline", text, **fields)
+        else:
+            log.warn(text, **fields)
         proto.abort()
 
     @property

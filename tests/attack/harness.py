@@ -59,6 +59,7 @@ def _load(path: Path, name: str) -> Any:
 
 faults = _load(FAULTS / "harness.py", "maas_rpc_faults_harness")
 proxies = _load(FAULTS / "proxy.py", "maas_rpc_faults_proxy")
+tamper = _load(HERE / "tamper.py", "maas_rpc_attack_tamper")
 
 BOUND = faults.BOUND
 Processes = faults.Processes
@@ -69,6 +70,7 @@ __all__ = [
     "BOUND",
     "AttackRegion",
     "Attacker",
+    "Bench",
     "Processes",
     "SignedDiscovery",
     "alive",
@@ -77,6 +79,7 @@ __all__ = [
     "proxies",
     "ran",
     "startVictim",
+    "tamper",
     "waitFor",
 ]
 
@@ -245,6 +248,86 @@ class SignedDiscovery:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(BOUND)
+
+
+class Bench:
+    """A region (one event-loop, with ``attackext``) and a signed discovery
+    document, for one test; victims are added with :meth:`victim`.
+
+    Use it as a context manager: on leaving, every process is stopped (by
+    PID), the discovery server closed and the region's port released.
+
+    :param processes: the test's processes.
+    :param regionSettings: ``MAAS_RPC_*`` settings of the event-loop.
+
+    :ivar region: the :class:`AttackRegion`.
+    :ivar eventloop: its event-loop process.
+    :ivar name: the event-loop's name.
+    :ivar port: its RPC port.
+    :ivar discovery: the :class:`SignedDiscovery` victims poll (it
+        advertises nothing until the test says).
+    """
+
+    def __init__(self, processes: Any, **regionSettings: str) -> None:
+        self.processes = processes
+        self.region = AttackRegion(processes, **regionSettings)
+        self.discovery: SignedDiscovery | None = None
+
+    def __enter__(self) -> Bench:
+        try:
+            self.eventloop = self.region.startEventloop()
+            self.name, self.port, _ = self.region.waitAdvertised(self.eventloop)
+            self.discovery = SignedDiscovery(self.region.secret)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self.processes.stopAll()
+        finally:
+            if self.discovery is not None:
+                self.discovery.close()
+            self.region.close()
+
+    def victim(
+        self, discovery: SignedDiscovery | None = None, **settings: str
+    ) -> tuple[str, Any, Path]:
+        """Start a victim cluster polling ``discovery`` (this bench's by
+        default) every 0.3 s while disconnected.
+
+        :return: ``(uuid, process, data directory)``.
+        """
+        settings.setdefault("MAAS_RPC_POLL_DISCONNECTED", "0.3")
+        discovery = discovery or self.discovery
+        assert discovery is not None
+        return startVictim(
+            self.processes, discovery.maasURL, self.region.secretPath, **settings
+        )
+
+    def registrations(self, clusterUUID: str) -> list[str]:
+        """The event-loop's lines saying ``clusterUUID`` registered."""
+        return [
+            line
+            for line in lines(self.eventloop, f"Cluster {clusterUUID} at ")
+            if line.rstrip().endswith("registered (secure).")
+        ]
+
+    def waitRegistered(self, clusterUUID: str, count: int = 1) -> list[str]:
+        """Wait until ``clusterUUID`` has registered ``count`` times."""
+        return waitFor(
+            lambda: (
+                len(self.registrations(clusterUUID)) >= count
+                and self.registrations(clusterUUID)
+            ),
+            f"cluster {clusterUUID} to register (#{count})",
+            check=alive(self.eventloop),
+        )
+
+    def call(self, clusterUUID: str, command: str = "EatCheez", **kw: Any) -> Any:
+        """:func:`callCluster` through this bench's event-loop."""
+        return callCluster(self.region, self.eventloop, clusterUUID, command, **kw)
 
 
 def attackerEnv() -> dict[str, str]:

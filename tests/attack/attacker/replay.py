@@ -50,7 +50,11 @@ class Replayer(Protocol):
 
     def connectionMade(self) -> None:
         self.opened = time.monotonic()
-        emit("replay-connected", peer=str(self.transport.getPeer()))
+        emit(
+            "replay-connected",
+            peer=self.transport.getPeer().port,
+            local=self.transport.getHost().port,
+        )
         self.next()
 
     def dataReceived(self, data: bytes) -> None:
@@ -90,7 +94,7 @@ class Replayer(Protocol):
             of=len(self.chunks),
             sent=self.sent,
             received=len(self.received),
-            head=self.received[:96].hex(),
+            head=self.received[:512].hex(),
             after=round(time.monotonic() - self.opened, 3),
             reason=reason.getErrorMessage()[:300] if reason is not None else "",
         )

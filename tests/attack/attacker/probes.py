@@ -167,7 +167,14 @@ class RegionProbes:
             side = Side("region", lambda s, b: None, self.number)
             probe = _Probe(side, variant, str(uuidlib.uuid4()), self.reactor)
             emit("probe-start", side="region", number=self.number, variant=variant)
-            await connect(self.reactor, side, *self.address)
+            wire = await connect(self.reactor, side, *self.address)
+            emit(
+                "probe-connected",
+                side="region",
+                number=self.number,
+                variant=variant,
+                local=wire.transport.getHost().port,
+            )
             self.start(probe)
             await side.lost
 
@@ -231,7 +238,11 @@ class ClusterProbes:
                 )
                 probe.side.lost.addCallback(probes.probeEnded)
                 emit(
-                    "probe-start", side="cluster", number=probes.number, variant=variant
+                    "probe-start",
+                    side="cluster",
+                    number=probes.number,
+                    variant=variant,
+                    peer=addr.port,
                 )
                 return side.wireUp()
 

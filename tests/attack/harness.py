@@ -201,12 +201,15 @@ class SignedDiscovery:
 
     :param secret: the shared secret, to sign with.
     :ivar eventloops: what it advertises (change it with :meth:`point`).
+    :ivar spoof: ``None`` to sign with the secret; ``"wrong-mac"`` to sign
+        with another key (a spoofer's document); ``"unsigned"`` for no MAC.
     :ivar maasURL: the base URL to give clusters as ``MAAS_URL``.
     """
 
     def __init__(self, secret: bytes) -> None:
         self.secret = secret
         self.eventloops: dict[str, list[list[Any]]] | None = None
+        self.spoof: str | None = None
         self.requests = 0
         owner = self
 
@@ -215,10 +218,11 @@ class SignedDiscovery:
                 owner.requests += 1
                 if self.path.rstrip("/").endswith("/rpc"):
                     eventloops = owner.eventloops
-                    document = {
-                        "eventloops": eventloops,
-                        "mac": signEventloops(owner.secret, eventloops),
-                    }
+                    document: dict[str, Any] = {"eventloops": eventloops}
+                    if owner.spoof is None:
+                        document["mac"] = signEventloops(owner.secret, eventloops)
+                    elif owner.spoof == "wrong-mac":
+                        document["mac"] = signEventloops(os.urandom(16), eventloops)
                     body = json.dumps(document).encode()
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")

@@ -56,10 +56,13 @@ class _TamperPair(proxy._Pair):
         owner = self.proxy
         to = self.other(side.side)
         owner.recorded.setdefault(self.number, []).append((to, data))
-        armed = owner._armed.pop(to, None)
+        armed = owner._armed.get(to)
+        index = None
         if armed is not None:
             position, mask = armed
-            index = position(len(data)) if callable(position) else position
+            index = position(data) if callable(position) else position
+        if index is not None:
+            del owner._armed[to]
             if index < 0:
                 index += len(data)
             changed = bytearray(data)
@@ -97,7 +100,8 @@ class TamperProxy(proxy.FaultProxy):
         :param to: :data:`DOWNSTREAM` (towards the cluster) or
             :data:`UPSTREAM` (towards the region).
         :param position: the byte's index (negative from the end), or a
-            function of the chunk's length that returns it.
+            function of the chunk that returns it, or ``None`` to wait for a
+            later chunk.
         :param mask: the bits to flip, or a function of the byte's value
             that returns them.
         """

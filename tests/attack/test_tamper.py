@@ -37,7 +37,7 @@ POSITIONS = [
     ("version", 2, 0x01),
     ("length-overflow", 3, 0x80),
     ("body", 8, 0x01),
-    ("middle", lambda size: size // 2, 0x01),
+    ("middle", lambda chunk: len(chunk) // 2, 0x01),
     ("tag", -1, 0x01),
 ]
 
@@ -208,4 +208,52 @@ def test_a_tampered_record_is_logged_as_such(direction: str, tampering: Any):
     assert said, (
         f"{detector.role} refused a tampered TLS record from {peer} but logged "
         "only:\n" + "\n".join(line for line in new if "attackext" not in line)
+    )
+
+
+def _inCapability(chunk: bytes) -> int | None:
+    """The last byte of the capability ``chunked-values`` in a chunk (the
+    negotiation, in the clear), or ``None`` when the chunk has none."""
+    found = chunk.find(b"chunked-values")
+    return None if found < 0 else found + len(b"chunked-values") - 1
+
+
+@pytest.mark.parametrize("direction", ["offer", "answer"])
+def test_a_capability_changed_in_the_clear_fails_both_proofs(
+    direction: str, tampering: Any
+):
+    """The negotiation before TLS is in the clear, so anyone on the path can
+    change it, say, the capabilities announced (the cluster's offer or the
+    region's answer). Both digests cover what each side saw announced, so a
+    change makes both proofs fail: the connection is refused, and the next
+    one (untouched) works."""
+    tamper, bench = tampering.tamper, tampering.bench
+    to = tamper.UPSTREAM if direction == "offer" else tamper.DOWNSTREAM
+    tampering.proxy.flipNext(to, _inCapability)
+    regionBefore = len(bench.eventloop.log().splitlines())
+    clusterBefore = len(tampering.cluster.log().splitlines())
+    tampering.proxy.cut()  # The cluster reconnects; its negotiation is changed.
+    reconnected = tampering.waitReconnected()
+    [flip] = tampering.proxy.flips
+    assert (chr(flip.before), chr(flip.after)) == ("s", "r")
+    # The cluster, which checks the region's proof first, usually hangs up
+    # before the region has checked the cluster's: the region then says so.
+    regionSaid = [
+        line
+        for line in bench.eventloop.log().splitlines()[regionBefore:]
+        if ("Authentication of cluster at" in line and "gave a wrong digest" in line)
+        or "a cluster hangs up when the region's digest is wrong" in line
+    ]
+    clusterSaid = [
+        line
+        for line in tampering.cluster.log().splitlines()[clusterBefore:]
+        if "Handshake with region at" in line and "gave a wrong digest" in line
+    ]
+    assert regionSaid and clusterSaid, (regionSaid, clusterSaid)
+    again, _ = tampering.send(True, "after-capability")
+    assert "answer" in again, again
+    print(
+        f"\n{direction} changed ('chunked-values' -> 'chunked-valuer'):\n  "
+        f"{regionSaid[0].split(': ', 1)[1]}\n  {clusterSaid[0].split(': ', 1)[1]}\n"
+        f"  the next connection registered {reconnected:.3f} s after the cut"
     )

@@ -140,7 +140,7 @@ def main(argv: list[str]) -> int:
 
         def finished(result: Any) -> None:
             emit("finished", error=None if result is None else repr(result)[:300])
-            reactor.stop()
+            reactor.callWhenRunning(reactor.stop)
 
         finite.addBoth(finished)
     reactor.run()

@@ -85,7 +85,7 @@ class Flood:
             side = Side("region", self.onBox, n + 1)
             self.info[side.number] = {"source": source}
             self.sides.append(side)
-            waits.append(self.one(side, source))
+            waits.append(Deferred.fromCoroutine(self.one(side, source)))
         emit("flood-opened", stage=self.stage, count=self.count)
         timer = self.reactor.callLater(self.keep, self.giveUp)
         await DeferredList(waits)

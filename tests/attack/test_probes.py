@@ -157,3 +157,64 @@ def test_probes_of_the_secure_channel_are_refused(harness: Any, processes: Any):
             "\n"
             + "\n".join(f"{what}:\n  {line.split(': ', 1)[1]}" for what, line in said)
         )
+
+
+def test_a_peers_error_text_is_logged_escaped_and_bounded(harness: Any, processes: Any):
+    """FINDING (fails on main): an attacker without the secret, once TLS is
+    up, answers the challenge with the declared error ``ChallengeRefused``
+    and a description of its own: a newline, a forged log line ("Cluster
+    ... registered (secure)."), a terminal escape, 20,000 more characters.
+    The handshake is refused, but the text is logged raw: on the region by
+    "Authentication of cluster at <peer> failed: {error}" (``error`` is the
+    exception, its text the peer's), on the cluster by "Could not connect
+    to region event-loop <name>: {error}" (the hostile-io branch already
+    bounds and escapes that one). The forged line then stands in the log as
+    a line of its own (indented), 20,000-character lines and a raw
+    ``ESC[2J`` with it. Expected (DESIGN-ROUND2, "Logging peer
+    data"): every string from a peer goes through ``printable()``, bounded
+    and escaped."""
+    with harness.Bench(processes) as bench:
+        victimUUID, victim, victimDir = bench.victim()
+        attacker = harness.Attacker(
+            processes,
+            [
+                "probe",
+                "--region",
+                f"127.0.0.1:{bench.port}",
+                "--region-variants",
+                "error-text",
+                "--cluster-variants",
+                "error-text",
+            ],
+            secrets=harness.secretsOf(bench.region, victimDir),
+        )
+        bench.discovery.point(bench.name, "127.0.0.1", attacker.port())
+        attacker.waitEvent("region-probes-done")
+        attacker.waitEvent("cluster-probes-done")
+        local = attacker.waitEvent("probe-connected", side="region")["local"]
+        refused = {
+            "region": f"Authentication of cluster at 127.0.0.1:{local} failed",
+            "cluster": "Handshake with region at 127.0.0.1:",
+        }
+        problems = []
+        for role, process in (("region", bench.eventloop), ("cluster", victim)):
+            harness.waitFor(
+                lambda p=process, r=role: harness.lines(p, refused[r]),
+                f"the {role} to refuse the attacker",
+                check=harness.alive(process),
+            )
+            log = process.log()
+            # The text log indents a message's later lines;
+            # a grep for "registered (secure)" finds the forgery all the same.
+            forged = [
+                line for line in log.splitlines() if line.lstrip().startswith("FORGED")
+            ]
+            longest = max(len(line) for line in log.splitlines())
+            if forged:
+                problems.append(f"{role}: a forged line of its own: {forged[0]!r}")
+            if "\x1b" in log:
+                problems.append(f"{role}: a raw terminal escape in its log")
+            if longest > 2000:
+                problems.append(f"{role}: a log line of {longest} characters")
+        assert harness.ran(victim, "EatCheez") == []
+        assert not problems, "\n".join(problems)

@@ -23,6 +23,10 @@ variant per connection, in turn:
     The secure channel; the region's ``Authenticate`` challenge is sent back
     to the region on the same connection, and its answer returned as the
     attacker's.
+``error-text``
+    The secure channel; the region's challenge is answered with the declared
+    error ``ChallengeRefused``, whose description is the attacker's text: a
+    newline, a forged log line, a terminal escape, 20,000 more characters.
 
 Against the victim cluster (the attacker listens, posing as a region), the
 same ideas, one variant per connection the victim makes:
@@ -30,8 +34,8 @@ same ideas, one variant per connection the victim makes:
 ``EatCheez`` in the clear, in one write), ``command-before-answer``
 (``EatCheez`` in the clear, then the answer, in one write),
 ``plaintext-instead-of-tls``, ``tls12``, ``abuse`` (``SecureChannel``,
-``StartTLS``, ``EatCheez``, ``AskRegion`` inside TLS; a random digest) and
-``reflect``.
+``StartTLS``, ``EatCheez``, ``AskRegion`` inside TLS; a random digest),
+``reflect`` and ``error-text``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ REGION_VARIANTS = (
     "tls12",
     "abuse",
     "reflect",
+    "error-text",
 )
 
 CLUSTER_VARIANTS = (
@@ -79,6 +84,15 @@ CLUSTER_VARIANTS = (
     "tls12",
     "abuse",
     "reflect",
+    "error-text",
+)
+
+#: What ``error-text`` answers a challenge with: a declared error whose
+#: description starts a new, forged, log line, clears the screen, and runs
+#: long.
+FORGED = (
+    "no\nFORGED info: Cluster 00000000-0000-0000-0000-000000000000 at "
+    "127.0.0.1:1 registered (secure).\n\x1b[2J" + "A" * 20000
 )
 
 _OFFER = ["chunked-values"]
@@ -118,6 +132,12 @@ class _Probe:
         elif command == Authenticate.commandName:
             if self.variant == "reflect":
                 self.reflect(box)
+            elif self.variant == "error-text":
+                reply = amp.AmpBox()
+                reply[amp.ERROR] = box[amp.ASK]
+                reply[amp.ERROR_CODE] = b"ChallengeRefused"
+                reply[amp.ERROR_DESCRIPTION] = FORGED.encode()
+                side.sendNow(reply)
             else:
                 side.answer(box, digest=os.urandom(32), salt=os.urandom(16))
 

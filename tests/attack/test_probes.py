@@ -218,3 +218,62 @@ def test_a_peers_error_text_is_logged_escaped_and_bounded(harness: Any, processe
                 problems.append(f"{role}: a log line of {longest} characters")
         assert harness.ran(victim, "EatCheez") == []
         assert not problems, "\n".join(problems)
+
+
+def test_a_malformed_answer_in_the_handshake_is_one_line_without_traceback(
+    harness: Any, processes: Any
+):
+    """FINDING (fails on main): an attacker without the secret, once TLS is
+    up, answers the handshake's ``Identify`` (on the region) or
+    ``Authenticate`` (on the victim cluster) with an answer box that lacks
+    the declared values. The handshake is refused, but each side logs it at
+    critical level with a full traceback (``KeyError: b'ident'``,
+    ``KeyError: b'digest'``), as many times as the attacker connects; the
+    cluster also logs the cryptic "Could not connect to region event-loop
+    <name>: b'digest'". Expected (DESIGN-ROUND2, "Logging peer data": no
+    tracebacks for peer misbehaviour): one warning line with the peer's
+    address saying the answer was malformed."""
+    with harness.Bench(processes) as bench:
+        victimUUID, victim, victimDir = bench.victim()
+        attacker = harness.Attacker(
+            processes,
+            [
+                "probe",
+                "--region",
+                f"127.0.0.1:{bench.port}",
+                "--region-variants",
+                "malformed-answer",
+                "--cluster-variants",
+                "malformed-answer",
+            ],
+            secrets=harness.secretsOf(bench.region, victimDir),
+        )
+        attackerPort = attacker.port()
+        bench.discovery.point(bench.name, "127.0.0.1", attackerPort)
+        attacker.waitEvent("region-probes-done")
+        attacker.waitEvent("cluster-probes-done")
+        local = attacker.waitEvent("probe-connected", side="region")["local"]
+        peers = {"region": f"127.0.0.1:{local}", "cluster": f"127.0.0.1:{attackerPort}"}
+        problems = []
+        for role, process in (("region", bench.eventloop), ("cluster", victim)):
+            peer = peers[role]
+            said = harness.waitFor(
+                lambda p=process, a=peer: [
+                    line
+                    for line in p.log().splitlines()
+                    if a in line
+                    and (
+                        " warn: " in line or " error: " in line or " critical: " in line
+                    )
+                ],
+                f"the {role} to refuse the attacker",
+                check=harness.alive(process),
+            )
+            log = process.log()
+            if "Traceback" in log:
+                problems.append(f"{role}: a traceback, after {said[0]!r}")
+            if " critical: " in log:
+                problems.append(f"{role}: a critical line: {said[0]!r}")
+        assert "Connected to region event-loop" not in victim.log()
+        assert "registered" not in bench.eventloop.log()
+        assert not problems, "\n".join(problems)

@@ -27,6 +27,9 @@ variant per connection, in turn:
     The secure channel; the region's challenge is answered with the declared
     error ``ChallengeRefused``, whose description is the attacker's text: a
     newline, a forged log line, a terminal escape, 20,000 more characters.
+``malformed-answer``
+    The secure channel; the region's ``Identify`` is answered with an empty
+    answer (no ``ident``).
 
 Against the victim cluster (the attacker listens, posing as a region), the
 same ideas, one variant per connection the victim makes:
@@ -35,7 +38,8 @@ same ideas, one variant per connection the victim makes:
 (``EatCheez`` in the clear, then the answer, in one write),
 ``plaintext-instead-of-tls``, ``tls12``, ``abuse`` (``SecureChannel``,
 ``StartTLS``, ``EatCheez``, ``AskRegion`` inside TLS; a random digest),
-``reflect`` and ``error-text``.
+``reflect``, ``error-text`` and ``malformed-answer`` (the victim's
+challenge answered with no ``digest`` and no ``salt``).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ REGION_VARIANTS = (
     "abuse",
     "reflect",
     "error-text",
+    "malformed-answer",
 )
 
 CLUSTER_VARIANTS = (
@@ -85,6 +90,7 @@ CLUSTER_VARIANTS = (
     "abuse",
     "reflect",
     "error-text",
+    "malformed-answer",
 )
 
 #: What ``error-text`` answers a challenge with: a declared error whose
@@ -127,7 +133,15 @@ class _Probe:
     def onBox(self, side: Side, box: amp.AmpBox) -> None:
         command = box.get(amp.COMMAND)
         emit("peer-box", side=side.name, number=side.number, box=describe(box))
-        if command == Identify.commandName:
+        if self.variant == "malformed-answer" and command in (
+            Identify.commandName,
+            Authenticate.commandName,
+        ):
+            # An answer without the values the command's response declares.
+            reply = amp.AmpBox()
+            reply[amp.ANSWER] = box[amp.ASK]
+            side.sendNow(reply)
+        elif command == Identify.commandName:
             side.answer(box, ident=self.uuid)
         elif command == Authenticate.commandName:
             if self.variant == "reflect":

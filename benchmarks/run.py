@@ -996,6 +996,20 @@ def parser() -> argparse.ArgumentParser:
         help="what the profile measures: each thread's CPU time (default), or "
         "wall time (which counts waiting in epoll and being descheduled)",
     )
+    p.add_argument(
+        "--scale",
+        action="store_true",
+        help="run the scale figures (P8-P12) in a bed of network namespaces "
+        "instead (root; see benchmarks/scale.py)",
+    )
+    p.add_argument("--sizes", help="--scale: numbers of clusters (100,250,500,1000)")
+    p.add_argument(
+        "--no-failover", action="store_true", help="--scale: skip the host failure"
+    )
+    p.add_argument("--plot", metavar="DIR", help="--scale: write one SVG per figure")
+    p.add_argument(
+        "--from", dest="from_json", metavar="FILE", help="--plot: a saved --scale JSON"
+    )
     return p
 
 
@@ -1007,6 +1021,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # Stop every process this run started on SIGTERM too, not only Ctrl-C.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.scale or args.plot:
+        if not args.scale and not args.from_json:
+            parser().error("--plot needs --scale or --from FILE")
+        from benchmarks import scale
+
+        return scale.main(args)
     if args.profile:
         from benchmarks.profiling import profile
 

@@ -34,6 +34,7 @@ extensions = [
     "repoze.sphinx.autointerface",
     "python_names",
     "maasrpc_docs",
+    "perf_figures",
 ]
 
 autodoc_member_order = "bysource"

@@ -253,7 +253,7 @@ def _eventloop(overrides: dict[str, str]) -> int:
     if not worker:
         settings.warnUnknown(os.environ, name, sys.stderr)
     try:
-        config = RegionConfig.from_env(**overrides)
+        config = RegionConfig.from_env(None, **overrides)
         protocol = loadRegionProtocol(config)
     except ConfigError as error:
         from provisioningserver.cli import _fail
@@ -288,7 +288,9 @@ def _exitWhenOrphaned() -> None:
             if reactor.running:
                 reactor.stop()
 
-    stdio.StandardIO(Watch(), stdout=os.open(os.devnull, os.O_WRONLY))
+    stdio.StandardIO(  # type: ignore[call-arg]  # (POSIX's signature)
+        Watch(), stdout=os.open(os.devnull, os.O_WRONLY)
+    )
 
 
 def _region(overrides: dict[str, str]) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maasserver.web import HTTPLimits
 from provisioningserver import settings
 from provisioningserver.config import (
     data_dir_from,
@@ -49,6 +50,8 @@ class RegionConfig:
         plain TCP.
     :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
         to each cluster connection.
+    :ivar http: the :class:`~maasserver.web.HTTPLimits` of the discovery web
+        server.
     :ivar secret_file: ``MAAS_RPC_SECRET_FILE``, or ``None`` for ``secret``
         in the data directory.
     :ivar protocol: ``MAAS_RPC_REGION_PROTOCOL`` (``module:Class``), or
@@ -78,6 +81,7 @@ class RegionConfig:
     idle_timeout: float = 90.0
     tls: TLSConfig | None = None
     limits: Limits = field(default_factory=Limits)
+    http: HTTPLimits = field(default_factory=HTTPLimits)
     secret_file: Path | None = None
     protocol: str | None = None
     allow_legacy_peers: bool = False
@@ -155,6 +159,7 @@ class RegionConfig:
             idle_timeout=get("MAAS_RPC_IDLE_TIMEOUT", 90.0),
             tls=TLSConfig.from_env(env, REGION_ROLE),
             limits=Limits.from_env(env),
+            http=HTTPLimits.from_env(env),
             secret_file=secret_file,
             protocol=get("MAAS_RPC_REGION_PROTOCOL"),
             allow_legacy_peers=get("MAAS_RPC_ALLOW_LEGACY_PEERS", False),

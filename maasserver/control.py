@@ -53,7 +53,7 @@ class ArgumentError(ValueError):
     """A ``call``'s command or arguments do not fit the declaration."""
 
 
-def _commandClasses() -> list[type]:
+def _commandClasses() -> list[Any]:
     seen: set[type] = set()
     stack = list(amp.Command.__subclasses__())
     while stack:
@@ -65,7 +65,7 @@ def _commandClasses() -> list[type]:
     return list(seen)
 
 
-def findCommand(name: str) -> type:
+def findCommand(name: str) -> Any:
     """Find a command by its name (wire or class name), or ``module:Command``.
 
     :param name: e.g. ``EatCheez`` or ``cheeseboard:AskRegion``.

@@ -180,7 +180,10 @@ class RegionEventLoop:
             # Several processes wait on it: accept() must never block.
             os.set_blocking(config.http_fd, False)
         web = WebService(
-            makeSite(advertise), config.http_port, config.bind, fd=config.http_fd
+            makeSite(advertise, config.http),
+            config.http_port,
+            config.bind,
+            fd=config.http_fd,
         )
         web.setServiceParent(self.services)
         if config.control:

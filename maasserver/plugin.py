@@ -57,7 +57,7 @@ class Options(usage.Options):
         settings.warnUnknown(os.environ, "maas-regiond", sys.stderr)
         try:
             given = settings.optionOverrides(self, "region")
-            self["config"] = RegionConfig.from_env(**given)
+            self["config"] = RegionConfig.from_env(None, **given)
             self["protocolClass"] = loadRegionProtocol(self["config"])
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
@@ -75,8 +75,10 @@ def makeService(options: Options) -> MultiService:
 
     from maasserver.eventloop import loop
     from provisioningserver.security import SecretError
+    from provisioningserver.utils.fds import raiseOpenFileLimit
 
     crochet.no_setup()
+    raiseOpenFileLimit()
     try:
         return loop.populate(options["config"], protocol=options["protocolClass"])
     except (ConfigError, SecretError, OSError, ImportError) as error:

@@ -419,6 +419,8 @@ class Supervisor(Service):
             if worker.pid is None:
                 continue
             waits.append(worker.ended)
+            if worker.transport is None:
+                continue
             try:
                 worker.transport.signalProcess("TERM")
             except Exception:  # noqa: BLE001 - it may have just exited

@@ -135,9 +135,11 @@ def runService(
             return service.stopService()
         return None
 
+    hop: Any = reactor.callFromThread  # type: ignore[attr-defined]
+
     def handleSignals() -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: reactor.callFromThread(stopOnce))
+            signal.signal(signum, lambda *_: hop(stopOnce))
 
     reactor.callWhenRunning(handleSignals)
     reactor.callWhenRunning(start)
@@ -183,7 +185,7 @@ def runCluster(overrides: dict[str, str], protocol: Any = None) -> int:
     name = "maas-rpc cluster"
     settings.warnUnknown(os.environ, name, sys.stderr)
     try:
-        config = ClusterConfig.from_env(**overrides)
+        config = ClusterConfig.from_env(None, **overrides)
         env = {**os.environ, **overrides}
         protocolClass = protocol or loadClusterProtocol(env)
     except ConfigError as error:

@@ -25,7 +25,10 @@ import platformdirs
 
 from provisioningserver import settings
 from provisioningserver.security import (
+    InsecureFile,
     SecretError,
+    UnreadableFile,
+    ensure_private_directory,
     get_or_create_shared_secret,
     read_shared_secret,
 )
@@ -181,7 +184,7 @@ def get_or_create_cluster_uuid(data_dir: Path) -> str:
     path = data_dir / "cluster_uuid"
     try:
         if not path.exists():
-            data_dir.mkdir(parents=True, exist_ok=True)
+            ensure_private_directory(data_dir)
             temp = path.with_name(f".cluster_uuid.{os.getpid()}")
             temp.write_text(str(uuid_module.uuid4()) + "\n")
             try:
@@ -257,6 +260,8 @@ def load_secret(path: Path, *, given: bool, create: bool) -> bytes:
         if create:
             return get_or_create_shared_secret(path)
         return read_shared_secret(path)
+    except (InsecureFile, UnreadableFile) as error:
+        raise ConfigError(str(error)) from None  # One line; it names the file.
     except SecretError as error:
         detail = str(error).removeprefix(f"{path}: ")
         if "no shared secret" in detail:
@@ -290,6 +295,8 @@ class ClusterConfig:
         plain TCP.
     :ivar limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
         to each connection.
+    :ivar discovery: the
+        :class:`~provisioningserver.rpc.discovery.DiscoveryLimits`.
     :ivar secret_path: where the secret was read from.
     :ivar allow_legacy_peers: whether MAAS and stock-AMP regions are
         accepted.
@@ -314,6 +321,7 @@ class ClusterConfig:
     keepalive_timeout: float = 10.0
     tls: Any = None
     limits: Any = None
+    discovery: Any = None
     secret_path: Path | None = None
     allow_legacy_peers: bool = False
     metrics_port: int | None = None
@@ -338,6 +346,7 @@ class ClusterConfig:
         :return: the checked configuration.
         :raises ConfigError: when a setting is missing or malformed.
         """
+        from provisioningserver.rpc.discovery import DiscoveryLimits
         from provisioningserver.rpc.limits import Limits
         from provisioningserver.rpc.tls import CLUSTER_ROLE, TLSConfig
 
@@ -371,6 +380,7 @@ class ClusterConfig:
             keepalive_timeout=get("MAAS_RPC_KEEPALIVE_TIMEOUT", 10.0),
             tls=TLSConfig.from_env(env, CLUSTER_ROLE),
             limits=Limits.from_env(env),
+            discovery=DiscoveryLimits.from_env(env),
             secret_path=secret_path,
             allow_legacy_peers=get("MAAS_RPC_ALLOW_LEGACY_PEERS", False),
             metrics_port=get("MAAS_RPC_METRICS_PORT"),

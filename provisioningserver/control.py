@@ -104,6 +104,7 @@ class _ControlProtocol(LineOnlyReceiver):
         uid = _peerUID(self.transport)
         if uid is None or uid not in (os.getuid(), 0):
             log.warn("Refused a control connection from user {uid}.", uid=uid)
+            assert self.transport is not None
             self.transport.loseConnection()
             return
         self._busy = False

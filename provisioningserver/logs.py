@@ -319,9 +319,8 @@ def startLogging(role: str, level: str = "info", stream: IO[str] | None = None) 
     :param level: the lowest level shown.
     :param stream: where lines go; standard error when ``None``.
     """
-    globalLogBeginner.beginLoggingTo(
-        [makeObserver(role, level, stream)], redirectStandardIO=False
-    )
+    observer: Any = makeObserver(role, level, stream)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def emitWorkerLine(

@@ -194,7 +194,7 @@ class PrometheusObserver:
 
 _interface = _observerInterface()
 if _interface is not None:
-    PrometheusObserver = implementer(_interface)(PrometheusObserver)
+    implementer(_interface)(PrometheusObserver)
 
 
 def addSnapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class Options(usage.Options):
         settings.warnUnknown(os.environ, "maas-clusterd", sys.stderr)
         try:
             given = settings.optionOverrides(self, "cluster")
-            self["config"] = ClusterConfig.from_env(**given)
+            self["config"] = ClusterConfig.from_env(None, **given)
             self["protocolClass"] = loadClusterProtocol({**os.environ, **given})
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
@@ -150,6 +150,7 @@ def makeClusterService(config: ClusterConfig, protocol: Any = None) -> MultiServ
         limits=config.limits,
         keepaliveInterval=config.keepalive_interval,
         keepaliveTimeout=config.keepalive_timeout,
+        discoveryLimits=config.discovery,
         allowLegacyPeers=config.allow_legacy_peers,
     )
     if config.allow_legacy_peers:
@@ -235,7 +236,10 @@ def makeService(options: Options) -> MultiService:
     """
     import crochet
 
+    from provisioningserver.utils.fds import raiseOpenFileLimit
+
     crochet.no_setup()
+    raiseOpenFileLimit()
     config = options["config"]
     try:
         services = makeClusterService(config, options["protocolClass"])

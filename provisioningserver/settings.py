@@ -684,6 +684,104 @@ SETTINGS: tuple[Setting, ...] = (
         "(32 before authentication).",
         "The connection is dropped and logged.",
     ),
+    # Discovery (cluster) and its web server (region).
+    _s(
+        "MAAS_RPC_DISCOVERY_TIMEOUT",
+        seconds,
+        "seconds",
+        "20",
+        "cluster",
+        "How long one fetch of the region's discovery document may take, from "
+        "connecting to its last byte; bytes arriving do not extend it.",
+        "The fetch is abandoned and logged (at most once a minute); the "
+        "cluster keeps connecting to the event-loops it last knew.",
+    ),
+    _s(
+        "MAAS_RPC_DISCOVERY_MAX_BYTES",
+        wholeNumber(minimum=1024),
+        "bytes",
+        "1048576 (1 MiB)",
+        "cluster",
+        "The largest discovery document read.",
+        "The fetch is abandoned as soon as the document is known to be larger, "
+        "and logged; the cluster keeps the event-loops it last knew.",
+    ),
+    _s(
+        "MAAS_RPC_DISCOVERY_MAX_EVENTLOOPS",
+        _count,
+        "count",
+        "256",
+        "cluster",
+        "Event-loops used from one discovery document.",
+        "The rest are dropped, in one log line (at most once a minute).",
+    ),
+    _s(
+        "MAAS_RPC_DISCOVERY_MAX_ADDRESSES",
+        _count,
+        "count",
+        "32",
+        "cluster",
+        "Addresses used for one event-loop of a discovery document.",
+        "The rest are dropped, in one log line (at most once a minute).",
+    ),
+    _s(
+        "MAAS_RPC_CONNECT_CONCURRENCY",
+        _count,
+        "count",
+        "16",
+        "cluster",
+        "Connection attempts to region event-loops in progress at once.",
+        "Further attempts wait their turn.",
+    ),
+    _s(
+        "MAAS_RPC_HTTP_TIMEOUT",
+        seconds,
+        "seconds",
+        "10",
+        "region",
+        "How long a discovery HTTP connection may live, from accept to close: "
+        "the request must arrive and be answered within it; bytes arriving "
+        "do not extend it.",
+        "The connection is aborted (logged at most once a minute).",
+    ),
+    _s(
+        "MAAS_RPC_HTTP_MAX_HEADERS",
+        _count,
+        "count",
+        "32",
+        "region",
+        "Headers one discovery HTTP request may have.",
+        "The request is answered 400 and the connection closed.",
+    ),
+    _s(
+        "MAAS_RPC_HTTP_MAX_HEADER_BYTES",
+        wholeNumber(minimum=256),
+        "bytes",
+        "8192",
+        "region",
+        "Bytes of request line and headers one discovery HTTP request may have.",
+        "The request is answered 400 and the connection closed.",
+    ),
+    _s(
+        "MAAS_RPC_HTTP_MAX_CONNECTIONS",
+        _count,
+        "count",
+        "256",
+        "region",
+        "Discovery HTTP connections open at once, from all addresses.",
+        "Further connections are closed as soon as they are accepted (logged "
+        "at most once a minute).",
+    ),
+    _s(
+        "MAAS_RPC_HTTP_MAX_PER_ADDRESS",
+        _count,
+        "count",
+        "64",
+        "region",
+        "Discovery HTTP connections open at once from one address.",
+        "Further connections from that address are closed as soon as they are "
+        "accepted (logged at most once a minute).",
+    ),
     # Operating.
     _s(
         "MAAS_RPC_METRICS_PORT",

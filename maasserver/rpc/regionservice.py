@@ -136,8 +136,13 @@ class Region(RPCProtocol):
                 peer=peerAddress(self),
                 error=error,
             )
+            self.challengeRefused()
             self.closeAfterReply()
             raise
+
+    def challengeRefused(self) -> None:
+        """Called when this side refused to answer the peer's challenge
+        (the refusal has been logged); a hook for subclasses."""
 
     @Ping.responder
     def ping(self) -> dict[str, Any]:
@@ -284,6 +289,12 @@ class RegionServer(Region):
                 "know the shared secret"
             )
         self.authenticated.set(True)
+
+    def challengeRefused(self) -> None:
+        """A challenge was refused (and logged): the hang-up that follows is
+        not to be blamed on the secret."""
+        self._failureLogged = True
+        observers.handshakeFailed("region", "protocol")
 
     def legacyRefused(self) -> None:
         """A legacy cluster was refused: count it, and say so once."""

@@ -12,15 +12,13 @@ and the service that keeps one connection to every region event-loop.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -36,6 +34,16 @@ from provisioningserver.rpc.common import (
     peerAddress,
     refuseStartTLS,
     releaseFailure,
+)
+from provisioningserver.rpc.discovery import (
+    DiscoveryError,
+    DiscoveryFetcher,
+    DiscoveryLimits,
+    Endpoints,
+    UnverifiedDiscovery,
+    clientEndpoint,
+    parseDiscovery,
+    readDiscovery,
 )
 from provisioningserver.rpc.exceptions import (
     AuthenticationFailed,
@@ -54,6 +62,7 @@ from provisioningserver.rpc.limits import DEFAULT_LIMITS, Limits
 from provisioningserver.rpc.region import Ping, Register
 from provisioningserver.rpc.tls import TLSConfig
 from provisioningserver.twisted.protocols import amp
+from provisioningserver.utils.ratelimit import LogLimiter
 from provisioningserver.utils.text import printable
 from provisioningserver.utils.twisted import DeferredValue
 
@@ -66,41 +75,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-#: An event-loop's advertised endpoints: ``[(address, port), ...]``.
-Endpoints = list[tuple[str, int]]
-
-
-class DiscoveryError(Exception):
-    """The region's discovery answer was unusable (HTTP error, bad JSON)."""
-
-
-def parseDiscovery(body: bytes) -> dict[str, Endpoints] | None:
-    """Parse the region's ``/rpc/`` answer.
-
-    :param body: the response body.
-    :return: event-loop name → endpoints, or ``None`` when the region says
-        it is not advertising yet.
-    :raises DiscoveryError: when the body is not the expected JSON.
-    """
-    try:
-        document = json.loads(body.decode("utf-8"))
-        eventloops = document["eventloops"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-        raise DiscoveryError(f"malformed discovery answer: {error}") from None
-    if eventloops is None:
-        return None
-    if not isinstance(eventloops, dict):
-        raise DiscoveryError("malformed discovery answer: eventloops is not a map")
-    result: dict[str, Endpoints] = {}
-    for name, endpoints in eventloops.items():
-        try:
-            result[str(name)] = [(str(host), int(port)) for host, port in endpoints]
-        except (TypeError, ValueError):
-            raise DiscoveryError(
-                f"malformed discovery answer: bad endpoints for {name!r}"
-            ) from None
-    return result
 
 
 class Cluster(RPCProtocol):
@@ -402,20 +376,39 @@ class ClusterClientService(Service):
     """Keeps this cluster connected to every region event-loop.
 
     It polls ``<maasURL>/rpc/`` and connects to every advertised event-loop
-    it is not connected to (trying each advertised address in turn until one
-    answers), and drops connections to event-loops no longer advertised. It
-    polls every ``intervals[0]`` seconds while it has no connection (and
-    when just started), ``intervals[1]`` while some advertised event-loops
-    are not connected, ``intervals[2]`` when all are (each give or take
-    10%), and at once after a connection is lost, then with exponential
-    backoff and jitter (0.5 s, 1 s, 2 s, ... up to the interval) until
-    reconnected. An HTTP error from the region means "try again", logged
-    once until the region answers well again; meanwhile it keeps connecting
-    to the last event-loops the region advertised.
+    it is not connected to, and drops connections to event-loops no longer
+    advertised. It polls every ``intervals[0]`` seconds while it has no
+    connection (and when just started), ``intervals[1]`` while some
+    advertised event-loops are not connected, ``intervals[2]`` when all are
+    (each give or take 10%), and at once after a connection is lost, then
+    with exponential backoff and jitter (0.5 s, 1 s, 2 s, ... up to the
+    interval) until reconnected.
+
+    The discovery document must carry a MAC that verifies under the shared
+    secret (see :mod:`provisioningserver.rpc.discovery`); an unsigned one is
+    accepted only when ``allowLegacyPeers`` is true, one with a wrong MAC
+    never. A fetch that fails, is too large, takes longer than the
+    discovery deadline, or returns a document that does not verify means
+    "try again": it is logged (at most once a minute per problem, and once
+    more when the region answers well again), and meanwhile the service
+    keeps connecting to the last event-loops it knew.
+
+    A document lists at most ``discoveryLimits.maxEventloops`` event-loops
+    and ``maxAddresses`` addresses for each that are used (the rest are
+    dropped, in one log line). An event-loop's addresses are tried in
+    order, a new attempt starting when one fails or every
+    :attr:`attemptDelay` seconds, with at most ``addressConcurrency``
+    attempts for one event-loop at a time and at most
+    ``discoveryLimits.connectConcurrency`` in all; the first to connect
+    wins and the others are cancelled.
 
     Each region connection is pinged every ``keepaliveInterval`` seconds; one
     that does not answer within ``keepaliveTimeout`` is dropped (and so
     replaced).
+
+    Stopping the service abandons a fetch or connection attempt in
+    progress at once: :meth:`stopService` never waits for the network
+    beyond closing the connections it has.
 
     :param maasURL: the region's base URL, e.g. ``http://region:5240/MAAS``.
     :param secret: the raw shared secret.
@@ -430,8 +423,11 @@ class ClusterClientService(Service):
     :param reactor: the reactor (or a clock with ``connectTCP``); the global
         reactor when ``None``.
     :param fetch: a function from URL to a Deferred of the response body,
-        raising :class:`DiscoveryError` on an HTTP error; an HTTP GET with
-        treq when ``None``.
+        failing with :class:`DiscoveryError` on an HTTP error; cancelling
+        the Deferred must abandon the fetch. A
+        :class:`~provisioningserver.rpc.discovery.DiscoveryFetcher` on
+        ``reactor`` when ``None``. The discovery deadline applies to it
+        either way.
     :param connect: a function ``(host, port, factory)`` returning a
         Deferred of the connected protocol; a TCP connection when ``None``.
     :param limits: the :class:`~provisioningserver.rpc.limits.Limits` applied
@@ -448,13 +444,26 @@ class ClusterClientService(Service):
         constant).
     :param allowLegacyPeers: accept region event-loops that do not offer the
         secure channel (MAAS regions), with MAAS's plain handshake
-        (``MAAS_RPC_ALLOW_LEGACY_PEERS``); refused when ``False``.
+        (``MAAS_RPC_ALLOW_LEGACY_PEERS``), and unsigned discovery documents;
+        refused when ``False``.
+    :param discoveryLimits: the
+        :class:`~provisioningserver.rpc.discovery.DiscoveryLimits` (deadline,
+        body size, event-loops and addresses per document, connection
+        attempts at once); the defaults when ``None``.
+    :param addressConcurrency: connection attempts to one event-loop's
+        addresses at a time.
 
     :ivar connections: event-loop name → its ready :class:`ClusterClient`.
     :ivar handshaking: connections still in the handshake.
+    :ivar eventloops: the last good event-loops the region advertised.
     """
 
     name = "rpc"  # type: ignore[assignment]
+
+    #: Seconds after starting a connection attempt to one of an event-loop's
+    #: addresses before also trying its next address (as Twisted's
+    #: ``HostnameEndpoint`` does).
+    attemptDelay = 0.3
 
     def __init__(
         self,
@@ -475,6 +484,8 @@ class ClusterClientService(Service):
         keepaliveTimeout: float = 10.0,
         randomness: Callable[[], float] | None = None,
         allowLegacyPeers: bool = False,
+        discoveryLimits: DiscoveryLimits | None = None,
+        addressConcurrency: int = 4,
     ) -> None:
         self.maasURL = maasURL.rstrip("/")
         self.allowLegacyPeers = allowLegacyPeers
@@ -486,9 +497,19 @@ class ClusterClientService(Service):
         self.intervals = tuple(intervals)
         self.handshakeTimeout = handshakeTimeout
         self.connectTimeout = connectTimeout
+        self.discoveryLimits = (
+            discoveryLimits if discoveryLimits is not None else DiscoveryLimits()
+        )
+        self.addressConcurrency = max(1, addressConcurrency)
         self._reactor = reactor
-        self._fetch = fetch or self._fetchWithTreq
+        self._fetch = fetch or DiscoveryFetcher(
+            reactor,
+            connectTimeout=connectTimeout,
+            maxBytes=self.discoveryLimits.maxBytes,
+        )
         self._connect = connect or self._connectTCP
+        self._attempts = DeferredSemaphore(self.discoveryLimits.connectConcurrency)
+        self._logs = LogLimiter(log, clock=reactor)
         self.connections: dict[str, ClusterClient] = {}
         self.connecting: dict[str, Deferred[Any]] = {}
         self.handshaking: dict[ClusterClient, None] = {}
@@ -526,7 +547,8 @@ class ClusterClientService(Service):
         self._schedule(0)
 
     def stopService(self) -> Deferred[None]:
-        """Stop polling and drop every connection.
+        """Stop polling, abandon a poll in progress, and drop every
+        connection.
 
         :return: a Deferred that fires once all connections are closed.
         """
@@ -534,14 +556,15 @@ class ClusterClientService(Service):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        if self._updating is not None:
+            # Abandons the fetch, or the connection attempts, in progress.
+            self._updating.cancel()
         waits = [proto.onConnectionLost for proto in self.handshaking]
         for pending in list(self.connecting.values()):
             pending.cancel()
         for conn in list(self.connections.values()):
             waits.append(conn.onConnectionLost)
             conn.disconnect()
-        if self._updating is not None:
-            waits.append(self._updating)
         return defer.DeferredList(waits).addCallback(lambda _: None)
 
     # Clients.
@@ -581,10 +604,13 @@ class ClusterClientService(Service):
             self._again = True
             return
         self._updating = Deferred.fromCoroutine(self._update())
-        self._updating.addErrback(
-            lambda failure: log.failure("Updating connections failed.", failure)
-        )
+        self._updating.addErrback(self._updateFailed)
         self._updating.addBoth(self._updated)
+
+    @staticmethod
+    def _updateFailed(failure: Failure) -> None:
+        if not failure.check(defer.CancelledError):  # Cancelled: stopping.
+            log.failure("Updating connections failed.", failure)
 
     def _updated(self, _: Any) -> None:
         self._updating = None
@@ -611,34 +637,103 @@ class ClusterClientService(Service):
         backoff = min(self.interval, 0.5 * 2 ** (self._retries - 1))
         return backoff * (0.5 + spread)
 
-    async def _update(self) -> None:
-        try:
-            body = await self._fetch(self.discoveryURL)
-            eventloops = parseDiscovery(body)
-        except Exception as error:  # noqa: BLE001 - any failure means "try again"
-            if not self._complained:
-                log.warn(
-                    "Region at {url} did not answer usefully ({error}); will "
-                    "keep trying.",
-                    url=self.discoveryURL,
-                    error=error,
+    def _fetchDocument(self, url: str) -> Deferred[bytes]:
+        """Fetch the discovery document, within the discovery deadline.
+
+        :return: a Deferred of the body; on the deadline, the fetch is
+            cancelled and this fails with :class:`DiscoveryError`.
+        """
+        timeout = self.discoveryLimits.timeout
+        d = self._fetch(url)
+        d.addTimeout(timeout, self.clock)
+
+        def timedOut(failure: Failure) -> Failure:
+            if failure.check(defer.TimeoutError):
+                raise DiscoveryError(
+                    f"no complete answer within {timeout:g} seconds "
+                    "(MAAS_RPC_DISCOVERY_TIMEOUT)"
                 )
-                self._complained = True
-            if self.eventloops:
-                # Use the last event-loops the region advertised: they may
-                # well still be there even when MAAS_URL does not answer.
-                await self._reconcile(self.eventloops, dropVanished=False)
-            self._setInterval()
+            return failure
+
+        return d.addErrback(timedOut)
+
+    async def _update(self) -> None:
+        url = self.discoveryURL
+        shown = printable(url, 200)
+        try:
+            body = await self._fetchDocument(url)
+            discovery = readDiscovery(
+                body,
+                self.secret,
+                allowUnsigned=self.allowLegacyPeers,
+                limits=self.discoveryLimits,
+            )
+        except defer.CancelledError:
+            raise
+        except UnverifiedDiscovery as error:
+            if not self.running:
+                return  # Stopping: nothing to say, nothing to fall back to.
+            self._complained = True
+            self._logs.warn(
+                ("unverified", url),
+                "Ignoring the discovery document from {url}: {error}; using the "
+                "last known event-loops.",
+                url=shown,
+                error=printable(str(error), 200),
+            )
+            await self._fallBack()
+            return
+        except Exception as error:  # noqa: BLE001 - any failure means "try again"
+            if not self.running:
+                return  # Stopping: nothing to say, nothing to fall back to.
+            self._complained = True
+            self._logs.warn(
+                ("unusable", url),
+                "Region at {url} did not answer usefully ({error}); will keep trying.",
+                url=shown,
+                error=printable(str(error) or type(error).__name__, 200),
+            )
+            await self._fallBack()
             return
         if self._complained:
-            log.info("Region at {url} answers again.", url=self.discoveryURL)
+            log.info("Region at {url} answers again.", url=shown)
             self._complained = False
-        if eventloops is None:
+            self._logs.forget(("unverified", url))
+            self._logs.forget(("unusable", url))
+        if not discovery.signed:
+            self._logs.info(
+                ("unsigned", url),
+                "Accepted an unsigned discovery document from {url}: legacy "
+                "peers are allowed (MAAS_RPC_ALLOW_LEGACY_PEERS=1).",
+                url=shown,
+            )
+        if discovery.droppedEventloops or discovery.droppedAddresses:
+            self._logs.warn(
+                ("dropped", url),
+                "The discovery document from {url} lists {total} event-loops; "
+                "dropped {eventloops} event-loops and {addresses} addresses over "
+                "the limits (MAAS_RPC_DISCOVERY_MAX_EVENTLOOPS={maxEventloops}, "
+                "MAAS_RPC_DISCOVERY_MAX_ADDRESSES={maxAddresses}).",
+                url=shown,
+                total=discovery.totalEventloops,
+                eventloops=discovery.droppedEventloops,
+                addresses=discovery.droppedAddresses,
+                maxEventloops=self.discoveryLimits.maxEventloops,
+                maxAddresses=self.discoveryLimits.maxAddresses,
+            )
+        if discovery.eventloops is None:
             # The region does not advertise yet: ask again soon.
             self._setInterval()
             return
-        self.eventloops = eventloops
-        await self._reconcile(eventloops)
+        self.eventloops = discovery.eventloops
+        await self._reconcile(discovery.eventloops)
+        self._setInterval()
+
+    async def _fallBack(self) -> None:
+        """Keep to the last event-loops the region advertised: they may well
+        still be there even when ``MAAS_URL`` does not answer usefully."""
+        if self.eventloops:
+            await self._reconcile(self.eventloops, dropVanished=False)
         self._setInterval()
 
     def _setInterval(self) -> None:
@@ -660,18 +755,32 @@ class ClusterClientService(Service):
             conn = self.connections.pop(name)
             log.info(
                 "Region event-loop {name} is no longer advertised; disconnecting.",
-                name=name,
+                name=printable(name),
             )
             conn.disconnect()
+        failures: list[tuple[str, str]] = []
         attempts = [
-            self._connectTo(name, endpoints)
+            self._connectTo(name, endpoints, failures)
             for name, endpoints in eventloops.items()
             if name not in self.connections and name not in self.connecting
         ]
         if attempts:
             await defer.DeferredList(attempts)
+        if failures:
+            name, error = failures[0]
+            self._logs.warn(
+                "connect",
+                "Could not connect to {count} of {total} region event-loops; "
+                "{name}: {error}",
+                count=len(failures),
+                total=len(eventloops),
+                name=printable(name),
+                error=printable(error, 200),
+            )
 
-    def _connectTo(self, name: str, endpoints: Endpoints) -> Deferred[Any]:
+    def _connectTo(
+        self, name: str, endpoints: Endpoints, failures: list[tuple[str, str]]
+    ) -> Deferred[Any]:
         d = Deferred.fromCoroutine(self._connectToAny(name, endpoints))
         self.connecting[name] = d
 
@@ -679,55 +788,109 @@ class ClusterClientService(Service):
             self.connecting.pop(name, None)
             if isinstance(result, Failure):
                 if not result.check(defer.CancelledError):
-                    log.warn(
-                        "Could not connect to region event-loop {name}: {error}",
-                        name=name,
-                        error=result.getErrorMessage(),
-                    )
+                    failures.append((name, result.getErrorMessage()))
                 return None
             return result
 
         return d.addBoth(done)
 
     async def _connectToAny(self, name: str, endpoints: Endpoints) -> Any:
-        errors = []
-        for host, port in endpoints:
+        proto = await self._firstConnected(name, endpoints)
+        self.handshaking[proto] = None
+        try:
+            await proto.ready.get()
+            return proto
+        except defer.CancelledError:
+            proto.abort()  # Stopped mid-handshake: leave nothing open.
+            raise
+        finally:
+            self.handshaking.pop(proto, None)
+
+    def _firstConnected(self, name: str, endpoints: Endpoints) -> Deferred[Any]:
+        """Connect to the first of ``endpoints`` that answers.
+
+        Attempts start in order: the next when one fails, or
+        :attr:`attemptDelay` seconds after the last one started, with at
+        most :attr:`addressConcurrency` in progress (each also holding one of
+        the service's ``connectConcurrency`` slots while it connects). The
+        first connection made wins; the other attempts are cancelled, and a
+        connection made after the winner is closed.
+
+        :return: a Deferred of the connected protocol; it fails with
+            :class:`ConnectionError` listing (some of) the errors when every
+            address failed. Cancelling it cancels every attempt.
+        """
+        remaining = iter(endpoints)
+        pending: dict[Deferred[Any], tuple[str, int]] = {}
+        errors: list[str] = []
+        state: dict[str, Any] = {"timer": None, "stopped": False, "failed": 0}
+
+        def stop() -> None:
+            state["stopped"] = True
+            timer = state["timer"]
+            if timer is not None and timer.active():
+                timer.cancel()
+            for attempt in list(pending):
+                attempt.cancel()
+
+        result: Deferred[Any] = Deferred(lambda _: stop())
+
+        def launch() -> None:
+            state["timer"] = None
+            if state["stopped"]:
+                return
+            address = next(remaining, None)
+            if address is None:
+                if not pending:
+                    state["stopped"] = True
+                    more = state["failed"] - len(errors)
+                    summary = "; ".join(errors) or "no endpoints advertised"
+                    if more > 0:
+                        summary += f"; and {more} more"
+                    result.errback(Failure(ConnectionError(summary)))
+                return
+            host, port = address
             factory = _ClientFactory(self, name, (host, port))
-            try:
-                proto = await self._connect(host, port, factory)
-            except defer.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - try the next address
-                errors.append(f"{host}:{port}: {error}")
-                continue
-            self.handshaking[proto] = None
-            try:
-                await proto.ready.get()
-                return proto
-            except defer.CancelledError:
-                proto.abort()  # Stopped mid-handshake: leave nothing open.
-                raise
-            finally:
-                self.handshaking.pop(proto, None)
-        raise ConnectionError("; ".join(errors) or "no endpoints advertised")
+            attempt = self._attempts.run(self._connect, host, port, factory)
+            pending[attempt] = address
+            attempt.addBoth(finished, attempt)
+            if (
+                attempt in pending  # Still connecting (it did not end at once).
+                and state["timer"] is None
+                and len(pending) < self.addressConcurrency
+                and not state["stopped"]
+            ):
+                state["timer"] = self.clock.callLater(self.attemptDelay, launch)
+
+        def finished(outcome: Any, attempt: Deferred[Any]) -> None:
+            host, port = pending.pop(attempt)
+            if isinstance(outcome, Failure):
+                if state["stopped"]:
+                    return None
+                state["failed"] += 1
+                if len(errors) < 3:
+                    error = printable(outcome.getErrorMessage(), 200)
+                    errors.append(f"{printable(host)}:{port}: {error}")
+                timer = state["timer"]
+                if timer is not None and timer.active():
+                    timer.cancel()
+                state["timer"] = None
+                launch()
+                return None
+            if state["stopped"]:
+                outcome.abort()  # Another address won, or we were cancelled.
+                return None
+            stop()
+            result.callback(outcome)
+            return None
+
+        launch()
+        return result
 
     def _connectTCP(self, host: str, port: int, factory: Factory) -> Deferred[Any]:
-        endpoint = HostnameEndpoint(self.clock, host, port, self.connectTimeout)
-        return endpoint.connect(factory)
-
-    def _fetchWithTreq(self, url: str) -> Deferred[bytes]:
-        import treq
-
-        async def fetch() -> bytes:
-            response = await treq.get(
-                url, timeout=self.connectTimeout, persistent=False
-            )
-            body = await treq.content(response)
-            if response.code != 200:
-                raise DiscoveryError(f"HTTP {response.code} from {url}")
-            return body
-
-        return Deferred.fromCoroutine(fetch())
+        return clientEndpoint(self.clock, host, port, self.connectTimeout).connect(
+            factory
+        )
 
     # Rotation.
 
@@ -741,7 +904,9 @@ class ClusterClientService(Service):
     def _removeConnection(self, name: str, conn: ClusterClient) -> None:
         if self.connections.get(name) is conn:
             del self.connections[name]
-            log.info("Lost connection to region event-loop {name}.", name=name)
+            log.info(
+                "Lost connection to region event-loop {name}.", name=printable(name)
+            )
             self._setInterval()
             # Look for it (or its replacement) again at once, then back off.
             self._retries = 0

@@ -30,6 +30,11 @@ from typing import Any
 from twisted.internet import ssl
 
 from provisioningserver.config import ConfigError
+from provisioningserver.security import (
+    SecretError,
+    ensure_private_directory,
+    read_private_file,
+)
 
 __all__ = [
     "CLUSTER_ROLE",
@@ -44,6 +49,9 @@ REGION_ROLE = "maas-rpc region"
 
 #: The organisational unit of a cluster's certificate.
 CLUSTER_ROLE = "maas-rpc cluster"
+
+#: The largest certificate or private key file read.
+MAX_PEM_BYTES = 1 << 20
 
 
 def certificateRole(certificate: Any) -> str | None:
@@ -101,10 +109,17 @@ class TLSConfig:
             certificate carries another role.
         """
         try:
-            authority = ssl.Certificate.loadPEM(Path(ca).read_bytes())
-            certificate = ssl.PrivateCertificate.loadPEM(
-                Path(cert).read_bytes() + b"\n" + Path(key).read_bytes()
+            keyPEM = read_private_file(key, limit=MAX_PEM_BYTES, what="a TLS key")
+            caPEM, certPEM = (
+                read_private_file(
+                    path, limit=MAX_PEM_BYTES, what="a certificate", private=False
+                )
+                for path in (ca, cert)
             )
+            authority = ssl.Certificate.loadPEM(caPEM)
+            certificate = ssl.PrivateCertificate.loadPEM(certPEM + b"\n" + keyPEM)
+        except SecretError as error:
+            raise ConfigError(str(error)) from None
         except OSError as error:
             raise ConfigError(f"cannot read TLS material: {error}") from None
         except Exception as error:  # noqa: BLE001 - pyOpenSSL raises many types
@@ -144,7 +159,10 @@ def makeTestPKI(directory: str | os.PathLike[str], days: int = 365) -> dict[str,
     """Make a CA, and a region and a cluster certificate signed by it.
 
     Meant for tests and demonstrations, not production: keys are written
-    unencrypted (mode 0600).
+    unencrypted (mode 0600). Each file is written to a new temporary file and
+    renamed into place, so a symlink planted where a file goes is replaced,
+    never followed, and existing files end with the modes above; the
+    directory is created mode 0700 if it does not exist.
 
     :param directory: where to write ``ca.pem``, ``ca-key.pem``,
         ``region.pem``, ``region-key.pem``, ``cluster.pem`` and
@@ -158,8 +176,7 @@ def makeTestPKI(directory: str | os.PathLike[str], days: int = 365) -> dict[str,
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_private_directory(directory)
     now = datetime.datetime.now(datetime.UTC)
     written: dict[str, Path] = {}
 
@@ -173,12 +190,24 @@ def makeTestPKI(directory: str | os.PathLike[str], days: int = 365) -> dict[str,
         )
 
     def write(stem: str, data: bytes, private: bool = False) -> None:
+        # A new file beside the target (O_EXCL and O_NOFOLLOW: nothing
+        # planted there is followed), its mode set whatever the umask, then
+        # renamed over the target: a symlink planted at the target is
+        # replaced, not followed, and an old file's mode does not survive.
         path = out / f"{stem}.pem"
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644
-        )
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
+        temp = out / f".{stem}.pem.{os.getpid()}.{os.urandom(4).hex()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, 0o600)
+        try:
+            os.fchmod(fd, 0o600 if private else 0o644)
+            with os.fdopen(fd, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
         written[stem] = path
 
     def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -35,6 +35,7 @@ from typing import Any
 import maasserver
 import provisioningserver
 from maasserver.supervisor import listeningSocket
+from provisioningserver.rpc.discovery import makeDiscoveryDocument
 from provisioningserver.rpc.testing import waitFor
 from provisioningserver.security import get_or_create_shared_secret
 
@@ -376,7 +377,8 @@ class Driver:
 
 class FakeDiscovery:
     """An HTTP server on ``127.0.0.1`` answering ``GET <anything>/rpc/`` with
-    ``{"eventloops": <eventloops>}``, in a thread of its own.
+    ``{"eventloops": <eventloops>, "mac": ...}`` signed with ``secret``, in a
+    thread of its own.
 
     :ivar eventloops: what it answers; change it at any time.
     :ivar failing: when true, it answers ``503 Service Unavailable`` instead.
@@ -385,7 +387,12 @@ class FakeDiscovery:
     :ivar maasURL: the base URL to give clusters as ``MAAS_URL``.
     """
 
-    def __init__(self, eventloops: dict[str, list[list[Any]]] | None = None) -> None:
+    def __init__(
+        self,
+        eventloops: dict[str, list[list[Any]]] | None = None,
+        *,
+        secret: bytes | None = None,
+    ) -> None:
         self.eventloops = eventloops
         self.failing = False
         self.requests = 0
@@ -400,7 +407,7 @@ class FakeDiscovery:
                     body = b"unavailable"
                     self.send_response(503)
                 elif self.path.rstrip("/").endswith("/rpc"):
-                    body = json.dumps({"eventloops": owner.eventloops}).encode()
+                    body = makeDiscoveryDocument(secret, owner.eventloops)
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                 else:

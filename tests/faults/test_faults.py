@@ -46,6 +46,7 @@ from maasserver.rpc import getAllClients
 from maasserver.utils.asynchronous import gather
 from provisioningserver.cheese import rate_cheese
 from provisioningserver.rpc.cluster import EatCheez
+from provisioningserver.security import read_shared_secret
 
 HERE = Path(__file__).resolve().parent
 
@@ -374,7 +375,8 @@ class Proxied:
             # The name must be the event-loop's own; the address is the
             # proxy's.
             self.discovery = harness.FakeDiscovery(
-                {self.name: [["127.0.0.1", self.proxy.port]]}
+                {self.name: [["127.0.0.1", self.proxy.port]]},
+                secret=read_shared_secret(self.region.secretPath),
             )
         except BaseException:
             self.close()

@@ -65,6 +65,7 @@ from hypothesis import strategies as st
 
 from maasserver.supervisor import listeningSocket
 from provisioningserver.cheese import rate_cheese
+from provisioningserver.rpc.discovery import makeDiscoveryDocument
 from provisioningserver.rpc.exceptions import NoSuchCheese
 from provisioningserver.rpc.testing import waitFor
 from provisioningserver.security import get_or_create_shared_secret, read_shared_secret
@@ -535,7 +536,7 @@ class LiveCluster:
                 if live.advertise_fuzz:
                     for n in range(FUZZ_EVENTLOOPS):
                         loops[f"fuzz:pid={n + 2}"] = [["127.0.0.1", live.fuzz_port]]
-                body = json.dumps({"eventloops": loops}).encode()
+                body = makeDiscoveryDocument(live.secret, loops)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

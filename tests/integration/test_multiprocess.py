@@ -51,7 +51,7 @@ from provisioningserver.cheese import rate_cheese
 from provisioningserver.rpc.cluster import EatCheez
 from provisioningserver.rpc.exceptions import NoConnectionsAvailable, NoSuchCheese
 from provisioningserver.rpc.testing import waitFor
-from provisioningserver.security import get_or_create_shared_secret
+from provisioningserver.security import get_or_create_shared_secret, read_shared_secret
 
 HERE = Path(__file__).resolve().parent
 
@@ -275,10 +275,16 @@ class Mesh:
         return self.worker
 
     def startCluster(
-        self, clusterUUID: str, *, ownSecret: bool = False, essential: bool = True
+        self,
+        clusterUUID: str,
+        *,
+        ownSecret: bool = False,
+        essential: bool = True,
+        maasURL: str | None = None,
     ) -> Process:
         """Start a cluster process with a copy of the region's secret (or,
-        with ``ownSecret``, a fresh secret of its own)."""
+        with ``ownSecret``, a fresh secret of its own), discovering the
+        region at ``maasURL`` (the region's own when ``None``)."""
         dataDir = self.workdir / f"cluster-{clusterUUID}"
         dataDir.mkdir()
         if ownSecret:
@@ -286,7 +292,7 @@ class Mesh:
         else:
             shutil.copy(self.regionDir / "secret", dataDir / "secret")
         env = childEnv(
-            MAAS_URL=self.maasURL,
+            MAAS_URL=maasURL or self.maasURL,
             MAAS_RPC_DATA_DIR=str(dataDir),
             MAAS_RPC_CLUSTER_UUID=clusterUUID,
             MAAS_RPC_POLL_DISCONNECTED="0.5",
@@ -507,11 +513,18 @@ def test_cluster_with_wrong_secret_is_refused_and_the_region_says_why(
         if badUUID in text and any(reason in text for reason in why):
             complaints.append(text)
 
+    # The region's discovery document is signed with the region's secret, so
+    # a cluster with another secret ignores it and never connects. To reach
+    # the region's handshake, it is given the same event-loops in a document
+    # signed with its own secret.
+    discovery = _ResigningDiscovery(mesh, badUUID)
     globalLogPublisher.addObserver(observe)
     bad = None
     try:
         started = time.monotonic()
-        bad = mesh.startCluster(badUUID, ownSecret=True, essential=False)
+        bad = mesh.startCluster(
+            badUUID, ownSecret=True, essential=False, maasURL=discovery.maasURL
+        )
         # Two complaints: the cluster tried (at least) twice and was refused
         # each time.
         mesh.waitFor(
@@ -540,6 +553,51 @@ def test_cluster_with_wrong_secret_is_refused_and_the_region_says_why(
         globalLogPublisher.removeObserver(observe)
         if bad is not None:
             mesh.stopProcess(bad)
+        discovery.close()
+
+
+class _ResigningDiscovery:
+    """Serves the mesh's advertised event-loops signed with the secret of
+    the cluster ``clusterUUID`` (which has a secret of its own)."""
+
+    def __init__(self, mesh: Mesh, clusterUUID: str) -> None:
+        secretPath = mesh.workdir / f"cluster-{clusterUUID}" / "secret"
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from provisioningserver.rpc.discovery import makeDiscoveryDocument
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                loops = mesh.discover()
+                body = makeDiscoveryDocument(
+                    read_shared_secret(secretPath),
+                    None
+                    if loops is None
+                    else {
+                        name: [tuple(e) for e in ends] for name, ends in loops.items()
+                    },
+                )
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.maasURL = f"http://127.0.0.1:{self.server.server_address[1]}/MAAS"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(BOUND)
 
 
 def test_cluster_hanging_up_mid_handshake_is_logged_once_without_a_traceback(
@@ -562,13 +620,16 @@ def test_cluster_hanging_up_mid_handshake_is_logged_once_without_a_traceback(
                 return event
         return None
 
+    discovery = _ResigningDiscovery(mesh, badUUID)
     globalLogPublisher.addObserver(observe)
     bad = None
     try:
         # A cluster with the wrong secret hangs up as soon as it has checked
         # the region's digest, which is often before the region has checked
         # the cluster's.
-        bad = mesh.startCluster(badUUID, ownSecret=True, essential=False)
+        bad = mesh.startCluster(
+            badUUID, ownSecret=True, essential=False, maasURL=discovery.maasURL
+        )
         warning = mesh.waitFor(hungUp, f"cluster {badUUID} to hang up mid-handshake")
         # The region logs all it has to say about that connection in the
         # reactor turn that logged the warning; let the turn end.
@@ -583,6 +644,7 @@ def test_cluster_hanging_up_mid_handshake_is_logged_once_without_a_traceback(
         globalLogPublisher.removeObserver(observe)
         if bad is not None:
             mesh.stopProcess(bad)
+        discovery.close()
 
 
 def test_clusters_survive_a_killed_eventloop_and_join_its_replacement(

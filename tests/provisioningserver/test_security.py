@@ -17,15 +17,20 @@ from hypothesis import strategies as st
 import provisioningserver
 from provisioningserver import security
 from provisioningserver.security import (
+    MAX_SECRET_FILE_BYTES,
     SECRET_BYTES,
     SECRET_FILENAME,
+    InsecureFile,
     MalformedSecret,
     MissingSecret,
     SecretError,
+    UnreadableFile,
     calculate_digest,
     digests_match,
+    ensure_private_directory,
     get_or_create_shared_secret,
     install_shared_secret,
+    read_private_file,
     read_shared_secret,
     to_bin,
     to_hex,
@@ -51,6 +56,12 @@ secrets = st.binary(min_size=SECRET_BYTES, max_size=SECRET_BYTES)
 
 def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def write_private(path: Path, content: bytes) -> None:
+    """Write a file as a secret file must be: mode 0600."""
+    path.write_bytes(content)
+    path.chmod(0o600)
 
 
 def test_constants_and_exception_hierarchy():
@@ -200,7 +211,7 @@ def test_get_or_create_makes_a_fresh_secret_per_file(tmp_path):
 
 def test_get_or_create_keeps_existing_file(tmp_path):
     path = tmp_path / "secret"
-    path.write_text("00112233445566778899AABBCCDDEEFF")
+    write_private(path, b"00112233445566778899AABBCCDDEEFF")
     before = path.read_bytes()
     assert get_or_create_shared_secret(path) == VECTOR_SECRET
     assert path.read_bytes() == before
@@ -217,7 +228,7 @@ def test_get_or_create_keeps_existing_file(tmp_path):
 )
 def test_read_ignores_surrounding_whitespace(tmp_path, content):
     path = tmp_path / "secret"
-    path.write_bytes(content)
+    write_private(path, content)
     assert read_shared_secret(path) == VECTOR_SECRET
     assert get_or_create_shared_secret(path) == VECTOR_SECRET
 
@@ -239,7 +250,7 @@ def test_read_ignores_surrounding_whitespace(tmp_path, content):
 )
 def test_malformed_file_raises_with_path(tmp_path, content):
     path = tmp_path / "secret"
-    path.write_bytes(content)
+    write_private(path, content)
     with pytest.raises(MalformedSecret) as info:
         read_shared_secret(path)
     assert str(path) in str(info.value)
@@ -356,7 +367,7 @@ def test_install_then_get_or_create_keeps_it(tmp_path):
 @pytest.mark.parametrize("length", [0, 1, 15, 17, 32])
 def test_install_refuses_wrong_length(tmp_path, length):
     path = tmp_path / "secret"
-    path.write_text(to_hex(VECTOR_SECRET))
+    write_private(path, to_hex(VECTOR_SECRET).encode())
     with pytest.raises(MalformedSecret, match=str(length)):
         install_shared_secret(path, b"\x01" * length)
     assert read_shared_secret(path) == VECTOR_SECRET
@@ -374,3 +385,110 @@ def test_install_refuses_text_and_leaves_nothing_behind(tmp_path):
     with pytest.raises((TypeError, MalformedSecret)):
         install_shared_secret(path, "0123456789abcdef")
     assert os.listdir(tmp_path) == []
+
+
+# Files that hold secrets (issue 13, row 15).
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o666, 0o620, 0o602])
+def test_a_secret_that_group_or_others_may_read_or_write_is_refused(tmp_path, mode):
+    path = tmp_path / "secret"
+    write_private(path, to_hex(VECTOR_SECRET).encode())
+    path.chmod(mode)
+    with pytest.raises(InsecureFile) as info:
+        read_shared_secret(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"mode {mode:04o}" in message
+    assert f"chmod 600 {path}" in message
+    assert ("readable" in message) == bool(mode & 0o044)
+    assert ("writable" in message) == bool(mode & 0o022)
+    # Refused, not repaired: the operator is told, the file is left alone.
+    assert mode_of(path) == mode
+    with pytest.raises(InsecureFile):
+        get_or_create_shared_secret(path)
+
+
+def test_a_directory_is_refused_in_one_line(tmp_path):
+    with pytest.raises(UnreadableFile, match="is a directory") as info:
+        read_shared_secret(tmp_path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UnreadableFile, match="is a directory"):
+        get_or_create_shared_secret(tmp_path)
+
+
+def test_a_device_is_refused_without_reading_it():
+    with pytest.raises(UnreadableFile, match="not a regular file"):
+        read_shared_secret("/dev/zero")
+
+
+def test_a_pipe_is_refused_without_blocking(tmp_path):
+    path = tmp_path / "secret"
+    os.mkfifo(path, 0o600)
+    with pytest.raises(UnreadableFile, match="not a regular file"):
+        read_shared_secret(path)
+
+
+def test_a_large_file_is_refused_without_reading_it_whole(tmp_path):
+    path = tmp_path / "secret"
+    write_private(path, b" " * MAX_SECRET_FILE_BYTES + b"00" * 16)
+    with pytest.raises(UnreadableFile, match=str(MAX_SECRET_FILE_BYTES)):
+        read_shared_secret(path)
+    # Whitespace within the limit is fine.
+    write_private(path, b" " * 100 + to_hex(VECTOR_SECRET).encode())
+    assert read_shared_secret(path) == VECTOR_SECRET
+
+
+def test_an_unreadable_file_is_one_line(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    path = tmp_path / "secret"
+    write_private(path, to_hex(VECTOR_SECRET).encode())
+    path.chmod(0)
+    with pytest.raises(UnreadableFile, match="Permission denied"):
+        read_shared_secret(path)
+
+
+def test_read_private_file_takes_its_own_limit_and_name(tmp_path):
+    path = tmp_path / "key.pem"
+    write_private(path, b"x" * 100)
+    assert read_private_file(path, limit=100, what="a key") == b"x" * 100
+    with pytest.raises(UnreadableFile, match="a key"):
+        read_private_file(path, limit=99, what="a key")
+    with pytest.raises(MissingSecret, match="no key at"):
+        read_private_file(tmp_path / "nothing", what="a key")
+
+
+def test_a_new_data_directory_is_private(tmp_path):
+    old = os.umask(0o022)
+    try:
+        data = tmp_path / "a" / "data"
+        get_or_create_shared_secret(data / "secret")
+    finally:
+        os.umask(old)
+    assert mode_of(data) == 0o700
+    assert mode_of(data / "secret") == 0o600
+    # An existing directory is left as it is.
+    other = tmp_path / "other"
+    other.mkdir(mode=0o755)
+    ensure_private_directory(other)
+    assert mode_of(other) == 0o755
+
+
+def test_the_secret_file_is_0600_whatever_the_umask(tmp_path):
+    old = os.umask(0o777)
+    try:
+        install_shared_secret(tmp_path / "secret", VECTOR_SECRET)
+    finally:
+        os.umask(old)
+    assert mode_of(tmp_path / "secret") == 0o600
+    assert read_shared_secret(tmp_path / "secret") == VECTOR_SECRET
+
+
+def test_a_dangling_symlink_is_not_followed_to_create_a_secret(tmp_path):
+    target = tmp_path / "elsewhere"
+    path = tmp_path / "secret"
+    path.symlink_to(target)
+    with pytest.raises(MissingSecret):
+        get_or_create_shared_secret(path)
+    assert not target.exists()

@@ -19,6 +19,7 @@ from maasserver.rpc.regionservice import (
 )
 from maasserver.rpc.stores import MemoryAdvertisementStore
 from maasserver.web import WebService, makeSite
+from provisioningserver.rpc.discovery import readDiscovery, signEventloops
 
 successResultOf = SynchronousTestCase().successResultOf
 
@@ -115,7 +116,11 @@ def test_discovery_says_ask_later_before_advertising(reactor_thread):
     results = _serve_and_get(["/MAAS/rpc/"], advertised=False)
     code, body = results["/MAAS/rpc/"]
     assert code == 200
-    assert json.loads(body) == {"eventloops": None}
+    assert json.loads(body) == {
+        "eventloops": None,
+        "mac": signEventloops(SECRET, None),
+    }
+    assert readDiscovery(body, SECRET).eventloops is None
 
 
 @pytest.mark.parametrize("path", ["/MAAS/rpc/", "/MAAS/rpc"])
@@ -123,7 +128,14 @@ def test_discovery_lists_event_loops(reactor_thread, path):
     results = _serve_and_get([path, "/MAAS/rpc/other", "/MAAS/"], advertised=True)
     code, body = results[path]
     assert code == 200
-    assert json.loads(body) == {"eventloops": {"host:pid=7": [["127.0.0.1", 5250]]}}
+    eventloops = {"host:pid=7": [["127.0.0.1", 5250]]}
+    assert json.loads(body) == {
+        "eventloops": eventloops,
+        "mac": signEventloops(SECRET, eventloops),
+    }
+    discovery = readDiscovery(body, SECRET)
+    assert discovery.signed
+    assert discovery.eventloops == {"host:pid=7": [("127.0.0.1", 5250)]}
     # Nothing else is served.
     assert results["/MAAS/rpc/other"][0] == 404
     assert results["/MAAS/"][0] == 404

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import crochet
@@ -14,6 +13,7 @@ from maasserver.rpc.regionservice import RegionService
 from provisioningserver.config import ConfigError
 from provisioningserver.rpc.cluster import EatCheez
 from provisioningserver.rpc.clusterservice import ClusterClientService
+from provisioningserver.rpc.discovery import makeDiscoveryDocument
 from provisioningserver.rpc.tls import (
     CLUSTER_ROLE,
     REGION_ROLE,
@@ -76,9 +76,9 @@ def run_mesh(region_tls, cluster_tls, outcome):
         SECRET, "tls:pid=1", ports=[0], interface="127.0.0.1", tls=region_tls
     )
     region.startService()
-    answer = json.dumps(
-        {"eventloops": {"tls:pid=1": [["127.0.0.1", region.getPort()]]}}
-    ).encode()
+    answer = makeDiscoveryDocument(
+        SECRET, {"tls:pid=1": [("127.0.0.1", region.getPort())]}
+    )
     cluster = ClusterClientService(
         "http://127.0.0.1:1/MAAS",
         SECRET,

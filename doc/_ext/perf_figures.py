@@ -1,0 +1,156 @@
+"""The performance page's figures and table, drawn from a reference run.
+
+``doc/performance-reference.json`` is what ``python -m benchmarks --scale
+--json-out FILE`` wrote on a reference machine. These directives read it
+during the build, offline, with nothing but :mod:`benchmarks.svgplot` and
+:mod:`benchmarks.scale` (plain Python):
+
+``.. perf-figure:: p8-formation``
+    The chart of that figure, as inline SVG (HTML builders; other builders
+    show the caption only), with the directive's content as its caption.
+``.. perf-table::``
+    The table of every figure at every N, against its baseline, with the
+    goal and whether the run met it.
+``.. perf-meta::``
+    One paragraph: the commit, the machine's limits, the run's length and
+    load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from docutils.parsers.rst import Directive
+from docutils.statemachine import StringList
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = HERE.parent / "performance-reference.json"
+
+
+@cache
+def _reference() -> dict[str, Any]:
+    document = json.loads(REFERENCE.read_text())
+    return document.get("scale", document)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+class PerfFigure(Directive):
+    required_arguments = 1
+    has_content = True
+
+    def run(self) -> list[nodes.Node]:
+        from benchmarks.svgplot import scaleCharts
+
+        env = self.state.document.settings.env
+        env.note_dependency(str(REFERENCE))
+        charts = scaleCharts(_reference())
+        name = self.arguments[0]
+        if name not in charts:
+            raise self.error(f"no figure {name!r}; there are {sorted(charts)}")
+        figure = nodes.figure(classes=["perf-figure"])
+        figure += nodes.raw("", charts[name], format="html")
+        if self.content:
+            caption = nodes.caption()
+            inner = nodes.paragraph()
+            self.state.nested_parse(self.content, self.content_offset, inner)
+            for child in inner.children:
+                caption += (
+                    child.children if isinstance(child, nodes.paragraph) else child
+                )
+            figure += caption
+        return [figure]
+
+
+class PerfTable(Directive):
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        from benchmarks.scale import figures
+        from benchmarks.stats import summary
+
+        env = self.state.document.settings.env
+        env.note_dependency(str(REFERENCE))
+        lines = [
+            ".. list-table::",
+            "   :header-rows: 1",
+            "   :widths: 14 40 8 12 18 10 10",
+            "",
+            "   * - Figure",
+            "     - What",
+            "     - Unit",
+            "     - maas-rpc",
+            "     - Baseline",
+            "     - Ratio",
+            "     - Goal met",
+        ]
+        for f in figures(_reference()):
+            ours = summary(f.ours)["median"]
+            if f.baseline:
+                base = f"{_fmt(summary(f.baseline)['median'])} ({f.baselineName})"
+                ratio = f"{summary(f.ratios)['median']:.2f}x"
+            else:
+                base, ratio = "-", "-"
+            goals = []
+            if f.target is not None:
+                goals.append(
+                    f"{f.target[0]} {f.target[1]:g}" + ("x" if f.baseline else "")
+                )
+            if f.absTarget is not None:
+                goals.append(f"{f.absTarget[0]} {f.absTarget[1]:g} {f.unit}")
+            met = {True: "yes", False: "**no**", None: ""}[f.met()]
+            goal = f"{met} ({', '.join(goals)})" if goals else "-"
+            lines += [
+                f"   * - {f.key}",
+                f"     - {f.what.replace('*', '×')}",
+                f"     - {f.unit}",
+                f"     - {_fmt(ours)}",
+                f"     - {base}",
+                f"     - {ratio}",
+                f"     - {goal}",
+            ]
+        container = nodes.container()
+        self.state.nested_parse(StringList(lines, "<perf-table>"), 0, container)
+        return container.children
+
+
+class PerfMeta(Directive):
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        result = _reference()
+        meta = result.get("meta", {})
+        limits = result["limits"]
+        text = (
+            f"Reference run: commit ``{meta.get('commit')}``, "
+            f"{limits['cpus']} CPUs, {limits['memory_bytes'] / 2**30:.0f} GiB, "
+            f"{limits['nofile_soft']} open files per process, listen backlog "
+            f"cap (``somaxconn``) {limits['somaxconn']}; the run took "
+            f"{meta.get('total_seconds')} s, load average "
+            f"{meta.get('loadavg_before', ['?'])[0]} before and "
+            f"{meta.get('loadavg_after', ['?'])[0]} after."
+        )
+        container = nodes.container()
+        self.state.nested_parse(StringList([text], "<perf-meta>"), 0, container)
+        return container.children
+
+
+def setup(app: Any) -> dict[str, Any]:
+    """Register the directives."""
+    app.add_directive("perf-figure", PerfFigure)
+    app.add_directive("perf-table", PerfTable)
+    app.add_directive("perf-meta", PerfMeta)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -160,19 +160,19 @@ def test_probes_of_the_secure_channel_are_refused(harness: Any, processes: Any):
 
 
 def test_a_peers_error_text_is_logged_escaped_and_bounded(harness: Any, processes: Any):
-    """FINDING (fails on main): an attacker without the secret, once TLS is
-    up, answers the challenge with the declared error ``ChallengeRefused``
-    and a description of its own: a newline, a forged log line ("Cluster
-    ... registered (secure)."), a terminal escape, 20,000 more characters.
-    The handshake is refused, but the text is logged raw: on the region by
-    "Authentication of cluster at <peer> failed: {error}" (``error`` is the
-    exception, its text the peer's), on the cluster by "Could not connect
-    to region event-loop <name>: {error}" (the hostile-io branch already
-    bounds and escapes that one). The forged line then stands in the log as
-    a line of its own (indented), 20,000-character lines and a raw
-    ``ESC[2J`` with it. Expected (DESIGN-ROUND2, "Logging peer
-    data"): every string from a peer goes through ``printable()``, bounded
-    and escaped."""
+    """FINDING (fails on main, on the region): an attacker without the
+    secret, once TLS is up, answers the challenge with the declared error
+    ``ChallengeRefused`` and a description of its own: a newline, a forged
+    log line ("Cluster ... registered (secure)."), a terminal escape, 20,000
+    more characters. The handshake is refused, but the region logs the text
+    raw, in "Authentication of cluster at <peer> failed: {error}" (``error``
+    is the exception, whose text is the peer's): the forged line then stands
+    in the log as a line of its own (indented; a grep for "registered
+    (secure)" finds it), with a raw ``ESC[2J`` and a 20,000-character line.
+    Expected (DESIGN-ROUND2, "Logging peer data"): every string from a peer
+    goes through ``printable()``, bounded and escaped. The cluster's side
+    (its "Could not connect ..." and "Handshake with region ... failed"
+    lines) is checked too, and holds since the hostile-io merge."""
     with harness.Bench(processes) as bench:
         victimUUID, victim, victimDir = bench.victim()
         attacker = harness.Attacker(

@@ -26,6 +26,7 @@ __all__ = [
     "childEnv",
     "discover",
     "freePort",
+    "processCpu",
 ]
 
 #: The source tree holding ``benchmarks``, ``provisioningserver`` and
@@ -62,6 +63,20 @@ def discover(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
             return json.loads(response.read())  # type: ignore[no-any-return]
     except (OSError, ValueError):
         return None
+
+
+def processCpu(pid: int) -> float:
+    """CPU seconds process ``pid`` has used so far (user + system, all its
+    threads), from ``/proc/<pid>/stat``.
+
+    :raises OSError: when the process is gone.
+    """
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The fields after the command name (which may hold spaces), from the
+    # third on: utime and stime are the 14th and 15th.
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class WorkerError(RuntimeError):

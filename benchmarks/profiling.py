@@ -8,7 +8,12 @@ responder). It prints, per side, the top functions by cumulative and by
 total (own) time, in microseconds per RPC call, and the functions whose own
 time per call grew most over raw AMP.
 
-P2 (100 outstanding) works the same way. P3 (calls from a thread) and P4
+The raw AMP peer is called over TLS by default, as maas-rpc's secure
+channel runs over TLS (``--profile-raw tcp`` calls it over plain TCP).
+
+P2 (100 outstanding) works the same way, and so do P1s (a command on the
+stock path, :class:`benchmarks.raw.Enlist`) and P1d (a responder that
+returns a fired Deferred). P3 (calls from a thread) and P4
 (gather() of one call to each of 100 clusters, from a thread) also profile
 the calling thread (the reactor thread is profiled separately; Python 3.11's
 cProfile follows one thread per profiler).
@@ -59,13 +64,18 @@ def _rows(stats: pstats.Stats) -> dict[Key, tuple[int, float, float]]:
 
 
 def _table(
-    title: str, stats: pstats.Stats, calls: int, top: int, sortIndex: int
+    title: str,
+    stats: pstats.Stats,
+    calls: int,
+    top: int,
+    sortIndex: int,
+    per: str = "RPC",
 ) -> str:
     rows = _rows(stats)
     ordered = sorted(rows.items(), key=lambda kv: kv[1][sortIndex], reverse=True)
     lines = [
         title,
-        f"  {'calls/RPC':>9} {'own µs':>10} {'cum µs':>10}  function",
+        f"  {'calls/' + per:>9} {'own µs':>10} {'cum µs':>10}  function",
     ]
     for key, (nc, tt, ct) in ordered[:top]:
         lines.append(
@@ -76,7 +86,13 @@ def _table(
 
 
 def _diff(
-    title: str, ours: pstats.Stats, raw: pstats.Stats, calls: int, top: int
+    title: str,
+    ours: pstats.Stats,
+    raw: pstats.Stats,
+    calls: int,
+    top: int,
+    per: str = "RPC",
+    rawName: str = "raw AMP",
 ) -> str:
     a, b = _rows(ours), _rows(raw)
     deltas = []
@@ -89,9 +105,10 @@ def _diff(
     totalB = sum(tt for _, tt, _ in b.values())
     lines = [
         title,
-        f"  total own time: maas-rpc {totalA / calls * 1e6:.1f} µs/RPC, raw AMP "
-        f"{totalB / calls * 1e6:.1f} µs/RPC",
-        f"  {'+µs/RPC':>8} {'+calls/RPC':>10} {'ours µs':>8} {'raw µs':>7}  function",
+        f"  total own time: maas-rpc {totalA / calls * 1e6:.1f} µs/{per}, "
+        f"{rawName} {totalB / calls * 1e6:.1f} µs/{per}",
+        f"  {'+µs/' + per:>8} {'+calls/' + per:>10} {'ours µs':>8} {'raw µs':>7}  "
+        "function",
     ]
     for delta, dnc, ttA, ttB, key in deltas[:top]:
         lines.append(
@@ -154,20 +171,30 @@ class _Profiled(Bench):
         return threadProfiler, reactorProfiler, elapsed
 
 
-def profile(figure: str, calls: int, top: int, clock: str = "cpu") -> int:
-    """Profile ``figure`` (P1, P2, P3 or P4) for maas-rpc and for raw AMP.
+def profile(
+    figure: str, calls: int, top: int, clock: str = "cpu", raw: str = "tls"
+) -> int:
+    """Profile ``figure`` (P1, P2, P3, P4, P1s or P1d) for maas-rpc and for
+    raw AMP.
 
     :param calls: calls to make under the profiler, each way (for P4, in
         fan-outs of 100).
     :param top: rows per table.
     :param clock: ``cpu`` (each thread's CPU time) or ``wall``.
+    :param raw: how raw AMP is called: over ``tls`` or over ``tcp``.
     :return: the exit status.
     """
+    if figure == "P0":
+        from benchmarks.connecting import profileSetup
+
+        return profileSetup(calls, top, clock)
+
     import crochet
     from twisted.internet import reactor
     from twisted.internet.threads import blockingCallFromThread
 
     from benchmarks.loops import fanout
+    from benchmarks.raw import NAME, NETWORKS, ORIGIN, URL, EatCheezNow, Enlist
     from maasserver.utils.asynchronous import gather
 
     bench = _Profiled(trials=1)
@@ -177,45 +204,55 @@ def profile(figure: str, calls: int, top: int, clock: str = "cpu") -> int:
         bench.clusters = fan
         calls = max(fan, calls // fan * fan)
     threaded = figure in ("P3", "P4")
+    tls = raw == "tls"
     out: list[str] = []
     try:
         bench.setUp()
         if figure == "P4":
             ourCalls = [bench.ourFreshCall(i) for i in range(fan)]
-            rawCalls = [bench.rawCall(i) for i in range(fan)]
+            rawCalls = [bench.rawCall(i, tls=tls) for i in range(fan)]
 
             def ours() -> Any:
                 return list(gather(ourCalls, timeout=30))
 
-            def raw() -> Any:
+            def theirs() -> Any:
                 return blockingCallFromThread(reactor, fanout, rawCalls)
 
             units = calls // fan
         elif figure == "P3":
-            ourCall, rawCall = bench.ourCall(), crochet.run_in_reactor(bench.rawCall())
+            ourCall = bench.ourCall()
+            rawCall = crochet.run_in_reactor(bench.rawCall(tls=tls))
 
             def ours() -> Any:
                 return ourCall().wait(30)
 
-            def raw() -> Any:
+            def theirs() -> Any:
                 return rawCall().wait(30)
 
             units = calls
         else:
-            ours, raw = bench.ourCall(), bench.rawCall()
+            command: Any = None
+            args: dict[str, Any] = {}
+            if figure == "P1S":
+                command = Enlist
+                args = {"uuid": bench.uuids[0], "networks": NETWORKS, "url": URL}
+            elif figure == "P1D":
+                command, args = EatCheezNow, {"name": NAME, "origin": ORIGIN}
+            ours = bench.ourCall(command=command, args=args)
+            theirs = bench.rawCall(tls=tls, command=command, args=args)
             units = calls
         if threaded:
             for _ in range(max(10, units // 5)):
                 ours()
-                raw()
+                theirs()
         else:
             warm = max(200, calls // 5)
             bench.seqRate(ours, warm)
-            bench.seqRate(raw, warm)
+            bench.seqRate(theirs, warm)
         results: dict[str, dict[str, Any]] = {}
         for name, call, peer in (
             ("maas-rpc", ours, bench.cluster),
-            ("raw AMP", raw, bench.raw),
+            ("raw AMP", theirs, bench.raw),
         ):
             path = bench.workdir / f"peer-{name.replace(' ', '-')}.prof"
             peer.request("profile_start", clock=clock)
@@ -239,7 +276,8 @@ def profile(figure: str, calls: int, top: int, clock: str = "cpu") -> int:
         unit = "each thread's CPU time" if clock == "cpu" else "wall-clock time"
         out.append(
             f"{figure} under cProfile, {calls} calls each way; the responder "
-            f"processes profiled too. Times are µs of {unit} per RPC call."
+            f"processes profiled too. Times are µs of {unit} per RPC call. "
+            f"maas-rpc over its secure channel; raw AMP over {raw.upper()}."
         )
         for name, r in results.items():
             out.append(

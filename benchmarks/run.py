@@ -37,13 +37,13 @@ from typing import Any
 if __package__ in (None, ""):  # Run as ``python benchmarks/run.py``.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.procs import ROOT, Processes, Worker, childEnv, discover
+from benchmarks.procs import ROOT, Processes, Worker, childEnv, discover, processCpu
 from benchmarks.stats import Figure, percentile, render
 
 __all__ = ["Bench", "main"]
 
 #: Figures that can be selected with ``--only``.
-FIGURES = ("P1", "P1M", "P2", "P3", "P4", "P5", "P6", "P7")
+FIGURES = ("P0", "P1", "P1M", "P1S", "P1D", "P2", "P3", "P4", "P5", "P6", "P7")
 
 #: Poll intervals of the simulated clusters: disconnected, partly and fully
 #: connected (seconds).
@@ -74,6 +74,7 @@ class Sizes:
         self.p6Steps = 2 if quick else 3  # P6: steps
         self.grpcSeq = 1000 // scale  # P7
         self.grpcConc = 2000 // scale  # P7
+        self.p0Conns = 20 if quick else 50  # P0: connections per trial and kind
 
 
 class Bench:
@@ -99,6 +100,8 @@ class Bench:
         self.regionStarted = False
         self.uuids: list[str] = []
         self.rawProtos: list[Any] = []
+        self.rawTLSProtos: list[Any] = []
+        self.tlsInUse: dict[str, str | None] = {}
         self.clusterWorkers: list[Worker] = []
         self.rawWorkers: list[Worker] = []
 
@@ -137,9 +140,11 @@ class Bench:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _dropRaw(self) -> None:
-        for proto in self.rawProtos:
-            proto.transport.loseConnection()
+        for proto in self.rawProtos + self.rawTLSProtos:
+            if proto.transport is not None:
+                proto.transport.loseConnection()
         self.rawProtos = []
+        self.rawTLSProtos = []
 
     def _pair(
         self,
@@ -197,6 +202,7 @@ class Bench:
                 n=s.clustersPerProc,
                 intervals=INTERVALS,
                 source=self.sources(s.clustersPerProc),
+                responders=True,
             )
             perProc.append(answer["uuids"])
         for worker in clusters:
@@ -216,29 +222,74 @@ class Bench:
         say(f"{len(self.uuids)} clusters in {len(clusters)} processes connected")
 
         ports = [w.request("raw_listen")["port"] for w in raws]
+        tlsPorts = [w.request("raw_listen", tls=True)["port"] for w in raws]
         self.rawProtos = self.inReactor(self._connectRaw, ports, s.clustersPerProc)
-        say(f"{len(self.rawProtos)} raw AMP connections to {len(raws)} processes")
+        self.rawTLSProtos = self.inReactor(
+            self._connectRaw, tlsPorts, s.clustersPerProc, True
+        )
+        say(
+            f"{len(self.rawProtos)} raw AMP connections over TCP and "
+            f"{len(self.rawTLSProtos)} over TLS to {len(raws)} processes"
+        )
+        client = self.ourClient()  # From this thread: the Client itself.
+        self.tlsInUse = self.inReactor(self._tlsInUse, client)
 
-    def _connectRaw(self, ports: list[int], each: int) -> Any:
+    def _connectRaw(self, ports: list[int], each: int, tls: bool = False) -> Any:
         from twisted.internet import defer, reactor
-        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.endpoints import (
+            TCP4ClientEndpoint,
+            connectProtocol,
+            wrapClientTLS,
+        )
         from twisted.protocols import amp
+
+        from benchmarks.raw import tlsClientOptions
 
         attempts = []
         for _ in range(each):
             for port in ports:  # Interleaved, as the clusters are.
-                endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+                endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+                if tls:
+                    endpoint = wrapClientTLS(tlsClientOptions(), endpoint)
                 attempts.append(connectProtocol(endpoint, amp.AMP()))
         return defer.gatherResults(attempts, consumeErrors=True)
 
+    def _tlsInUse(self, client: Any) -> Any:
+        """What TLS the first cluster connection (``client``'s) and the first
+        raw TLS connection negotiated (after a call on each, so that TLS is
+        up)."""
+        from twisted.internet import defer
+
+        from benchmarks.raw import NAME, ORIGIN, tlsDescription
+        from provisioningserver.rpc.cluster import EatCheez
+
+        def describe(_: Any) -> dict[str, str | None]:
+            return {
+                "maas-rpc": tlsDescription(client.connection.transport),
+                "raw AMP/TLS": tlsDescription(self.rawTLSProtos[0].transport),
+            }
+
+        calls = [client(EatCheez, name=NAME, origin=ORIGIN), self.rawCall(tls=True)()]
+        return defer.gatherResults(calls, consumeErrors=True).addCallback(describe)
+
     # Calls.
 
-    def rawCall(self, index: int = 0) -> Callable[[], Any]:
-        """A raw AMP call on connection ``index``, for the reactor thread."""
+    def rawCall(
+        self,
+        index: int = 0,
+        tls: bool = False,
+        command: Any = None,
+        args: dict[str, Any] | None = None,
+    ) -> Callable[[], Any]:
+        """A raw AMP call on connection ``index`` (over TLS when ``tls``),
+        for the reactor thread: ``command`` with ``args`` (by default
+        ``EatCheez``, as stock AMP declares it)."""
         from benchmarks.raw import NAME, ORIGIN, RawEatCheez
 
-        proto = self.rawProtos[index]
-        return partial(proto.callRemote, RawEatCheez, name=NAME, origin=ORIGIN)
+        proto = (self.rawTLSProtos if tls else self.rawProtos)[index]
+        if command is None:
+            command, args = RawEatCheez, {"name": NAME, "origin": ORIGIN}
+        return partial(proto.callRemote, command, **(args or {}))
 
     def ourClient(self, index: int = 0) -> Any:
         """A :class:`Client` for cluster ``index``, from ``getClientFor``."""
@@ -246,13 +297,18 @@ class Bench:
 
         return getClientFor(self.uuids[index])
 
-    def ourCall(self, index: int = 0) -> Callable[[], Any]:
-        """A call through one ``getClientFor`` client, for any thread."""
+    def ourCall(
+        self, index: int = 0, command: Any = None, args: dict[str, Any] | None = None
+    ) -> Callable[[], Any]:
+        """A call through one ``getClientFor`` client, for any thread:
+        ``command`` with ``args`` (by default ``EatCheez``)."""
         from benchmarks.raw import NAME, ORIGIN
         from provisioningserver.rpc.cluster import EatCheez
 
         client = self.ourClient(index)
-        return partial(client, EatCheez, name=NAME, origin=ORIGIN)
+        if command is None:
+            command, args = EatCheez, {"name": NAME, "origin": ORIGIN}
+        return partial(client, command, **(args or {}))
 
     def ourFreshCall(self, index: int = 0) -> Callable[[], Any]:
         """``getClientFor(uuid)`` then the call, for the reactor thread."""
@@ -312,6 +368,8 @@ class Bench:
         r: dict[str, list[dict[str, float]]],
         ours: str = "ours",
         peer: bool = True,
+        base: str = "raw",
+        baseName: str = "raw AMP",
     ) -> None:
         def col(name: str, field: str) -> list[float]:
             return [trial[field] for trial in r[name]]
@@ -323,8 +381,8 @@ class Bench:
                 "µs",
                 False,
                 col(ours, "cpu"),
-                "raw AMP",
-                col("raw", "cpu"),
+                baseName,
+                col(base, "cpu"),
             )
         )
         if peer:
@@ -335,49 +393,98 @@ class Bench:
                     "µs",
                     False,
                     col(ours, "peerCpu"),
-                    "raw AMP",
-                    col("raw", "peerCpu"),
+                    baseName,
+                    col(base, "peerCpu"),
                 )
             )
 
     # Figures.
 
-    def p1(self) -> None:
-        s = self.sizes
-        raw, ours, fresh = self.rawCall(), self.ourCall(), self.ourFreshCall()
-        rawPeer, ourPeer = self.rawWorkers[0], self.clusterWorkers[0]
-        for call in (raw, ours, fresh):
-            self.seqRate(call, s.seq // 5)
-        r = self._pair(
+    def _againstRaw(
+        self,
+        key: str,
+        what: str,
+        unit: str,
+        higherIsBetter: bool,
+        values: dict[str, list[float]],
+        baseline: str,
+        target: tuple[str, float] | None,
+        note: str = "",
+        ours: str = "ours",
+        absTarget: tuple[str, float] | None = None,
+    ) -> None:
+        """Two figures of ``values[ours]``: ``key`` against raw AMP over TLS
+        (``values["rawTLS"]``, with ``target`` and ``absTarget``) and
+        ``key.tcp`` against raw AMP over TCP (``values["raw"]``)."""
+        self.figures.append(
+            Figure(
+                key,
+                what,
+                unit,
+                higherIsBetter,
+                values[ours],
+                f"raw AMP/TLS {baseline}".rstrip(),
+                values["rawTLS"],
+                target=target,
+                absTarget=absTarget,
+                note=note,
+            )
+        )
+        self.figures.append(
+            Figure(
+                f"{key}.tcp",
+                f"{what}, vs raw over TCP",
+                unit,
+                higherIsBetter,
+                values[ours],
+                f"raw AMP/TCP {baseline}".rstrip(),
+                values["raw"],
+            )
+        )
+
+    def _tlsNote(self) -> str:
+        ours = self.tlsInUse.get("maas-rpc")
+        raw = self.tlsInUse.get("raw AMP/TLS")
+        return f" TLS negotiated: maas-rpc {ours}; raw AMP/TLS {raw}."
+
+    def _seqPair(
+        self, calls: dict[str, tuple[Callable[[], Any], Worker]], n: int
+    ) -> dict[str, list[dict[str, float]]]:
+        """Sequential calls/s and CPU per call of each call, paired."""
+        for call, _ in calls.values():
+            self.seqRate(call, n // 5)
+        return self._pair(
             {
-                "raw": lambda: self.withCpu(
-                    lambda: self.seqRate(raw, s.seq), s.seq, rawPeer
-                ),
-                "ours": lambda: self.withCpu(
-                    lambda: self.seqRate(ours, s.seq), s.seq, ourPeer
-                ),
-                "fresh": lambda: self.withCpu(
-                    lambda: self.seqRate(fresh, s.seq), s.seq, ourPeer
-                ),
+                name: partial(self.withCpu, partial(self.seqRate, call, n), n, peer)
+                for name, (call, peer) in calls.items()
             }
         )
 
-        def rate(name: str) -> list[float]:
-            return [trial["rate"] for trial in r[name]]
-
-        self.figures.append(
-            Figure(
-                "P1",
-                "sequential calls in the reactor, 1 conn",
-                "calls/s",
-                True,
-                rate("ours"),
-                "raw AMP seq",
-                rate("raw"),
-                target=(">=", 1.0),
-                note="maas-rpc: one getClientFor() client, reused; "
-                "raw: amp.AMP.callRemote on a plain amp.AMP connection.",
-            )
+    def p1(self) -> None:
+        s = self.sizes
+        rawPeer, ourPeer = self.rawWorkers[0], self.clusterWorkers[0]
+        r = self._seqPair(
+            {
+                "raw": (self.rawCall(), rawPeer),
+                "rawTLS": (self.rawCall(tls=True), rawPeer),
+                "ours": (self.ourCall(), ourPeer),
+                "fresh": (self.ourFreshCall(), ourPeer),
+            },
+            s.seq,
+        )
+        rate = {name: [trial["rate"] for trial in r[name]] for name in r}
+        self._againstRaw(
+            "P1",
+            "sequential calls in the reactor, 1 conn",
+            "calls/s",
+            True,
+            rate,
+            "seq",
+            (">=", 1.0),
+            note="maas-rpc: one getClientFor() client, reused, over the secure "
+            "channel (the default); raw: amp.AMP.callRemote on a plain amp.AMP "
+            "connection, over TLS (same crypto: TLS 1.3, throwaway self-signed "
+            "P-256 certificate, no verification) and over TCP." + self._tlsNote(),
         )
         self.figures.append(
             Figure(
@@ -385,12 +492,24 @@ class Bench:
                 "P1 with getClientFor() before each call",
                 "calls/s",
                 True,
-                rate("fresh"),
-                "raw AMP seq",
-                rate("raw"),
+                rate["fresh"],
+                "raw AMP/TLS seq",
+                rate["rawTLS"],
             )
         )
-        self._cpuFigures("P1", "P1", r)
+        self._cpuFigures("P1", "P1", r, base="rawTLS", baseName="raw AMP/TLS")
+        self.figures.append(
+            Figure(
+                "P1r",
+                "ref: raw AMP over TLS vs over TCP, seq",
+                "calls/s",
+                True,
+                rate["rawTLS"],
+                "raw AMP/TCP seq",
+                rate["raw"],
+                note="what TLS itself costs stock AMP, from the same trials.",
+            )
+        )
 
     def p1m(self) -> None:
         """P1 with Prometheus metrics on at both ends (MAAS_RPC_METRICS_PORT),
@@ -435,45 +554,60 @@ class Bench:
 
     def p2(self) -> None:
         s = self.sizes
-        raw, ours = self.rawCall(), self.ourCall()
         rawPeer, ourPeer = self.rawWorkers[0], self.clusterWorkers[0]
-        for call in (raw, ours):
+        calls = {
+            "raw": (self.rawCall(), rawPeer),
+            "rawTLS": (self.rawCall(tls=True), rawPeer),
+            "ours": (self.ourCall(), ourPeer),
+        }
+        for call, _ in calls.values():
             self.pipeRate(call, s.pipe // 5)
         r = self._pair(
             {
-                "raw": lambda: self.withCpu(
-                    lambda: self.pipeRate(raw, s.pipe), s.pipe, rawPeer
-                ),
-                "ours": lambda: self.withCpu(
-                    lambda: self.pipeRate(ours, s.pipe), s.pipe, ourPeer
-                ),
+                name: partial(
+                    self.withCpu, partial(self.pipeRate, call, s.pipe), s.pipe, peer
+                )
+                for name, (call, peer) in calls.items()
             }
         )
+        rate = {name: [trial["rate"] for trial in r[name]] for name in r}
+        self._againstRaw(
+            "P2",
+            f"{s.window} calls outstanding, 1 conn",
+            "calls/s",
+            True,
+            rate,
+            "pipelined",
+            (">=", 1.0),
+        )
+        self._cpuFigures("P2", "P2", r, base="rawTLS", baseName="raw AMP/TLS")
         self.figures.append(
             Figure(
-                "P2",
-                f"{s.window} calls outstanding, 1 conn",
+                "P2r",
+                f"ref: raw AMP over TLS vs over TCP, {s.window} outstanding",
                 "calls/s",
                 True,
-                [trial["rate"] for trial in r["ours"]],
-                "raw AMP pipelined",
-                [trial["rate"] for trial in r["raw"]],
-                target=(">=", 1.0),
+                rate["rawTLS"],
+                "raw AMP/TCP pipelined",
+                rate["raw"],
             )
         )
-        self._cpuFigures("P2", "P2", r)
 
     def p3(self) -> None:
         import crochet
         from twisted.internet import reactor
         from twisted.internet.threads import blockingCallFromThread
 
+        from provisioningserver.utils.twisted import asynchronous
+
         s = self.sizes
         rawInReactor = self.rawCall()
         ours = self.ourCall()  # From this thread: returns an EventualResult.
         crochetAlone = crochet.run_in_reactor(rawInReactor)
         twistedAlone = partial(blockingCallFromThread, reactor, rawInReactor)
-        for call in (ours, crochetAlone, twistedAlone):
+        # Our thread hop alone, around the same raw call as P3c and P3t.
+        hopAlone = asynchronous(rawInReactor)
+        for call in (ours, crochetAlone, twistedAlone, hopAlone):
             self.threadRate(call, s.seq // 5)
         self.seqRate(rawInReactor, s.seq // 5)
         n = s.seq
@@ -488,6 +622,9 @@ class Bench:
                 ),
                 "twisted": lambda: self.withCpu(
                     lambda: self.threadRate(twistedAlone, n), n, None
+                ),
+                "hop": lambda: self.withCpu(
+                    lambda: self.threadRate(hopAlone, n), n, None
                 ),
             }
         )
@@ -504,7 +641,7 @@ class Bench:
                 rate("ours"),
                 "raw AMP seq",
                 rate("raw"),
-                target=(">=", 0.8),
+                target=(">=", 1.0),
                 note="raw baseline runs in the reactor (as P1's).",
             )
         )
@@ -530,8 +667,22 @@ class Bench:
                 rate("raw"),
             )
         )
+        self.figures.append(
+            Figure(
+                "P3h",
+                "ref: our thread hop alone, raw call",
+                "calls/s",
+                True,
+                rate("hop"),
+                "crochet alone (P3c)",
+                rate("crochet"),
+                note="asynchronous() around the raw call, against "
+                "crochet.run_in_reactor around it: the two hops compared.",
+            )
+        )
         self._cpuFigures("P3", "P3", r, peer=False)
         self._cpuFigures("P3c", "P3c (crochet alone)", r, ours="crochet", peer=False)
+        self._cpuFigures("P3h", "P3h (our hop alone)", r, ours="hop", peer=False)
 
     def p4(self) -> None:
         from twisted.internet import reactor
@@ -553,13 +704,13 @@ class Bench:
                 failures.append(f"gather of {size}: {len(results)} answers, {bad[:1]}")
             return elapsed * 1000
 
-        def raw(size: int) -> float:
-            calls = [self.rawCall(i) for i in range(size)]
+        def raw(size: int, tls: bool = False) -> float:
+            calls = [self.rawCall(i, tls=tls) for i in range(size)]
             start = perf_counter()
             results = blockingCallFromThread(reactor, fanout, calls)
             elapsed = perf_counter() - start
             if not all(ok for ok, _ in results):
-                failures.append(f"raw fan-out of {size} failed")
+                failures.append(f"raw fan-out of {size} failed (tls={tls})")
             return elapsed * 1000
 
         def gatherRaw(size: int) -> float:
@@ -571,10 +722,15 @@ class Bench:
                 failures.append(f"gather of {size} raw calls: {len(results)} answers")
             return elapsed * 1000
 
-        measures = {"ours": ours, "raw": raw, "gatherRaw": gatherRaw}
+        measures: dict[str, Callable[[int], float]] = {
+            "ours": ours,
+            "raw": raw,
+            "rawTLS": partial(raw, tls=True),
+            "gatherRaw": gatherRaw,
+        }
         names = list(measures)
         for size in s.fanSizes:
-            if size > len(self.uuids) or size > len(self.rawProtos):
+            if size > min(len(self.uuids), len(self.rawProtos), len(self.rawTLSProtos)):
                 self.skipped[f"P4.{size}"] = "not enough clusters"
                 continue
             for _ in range(3):
@@ -592,25 +748,23 @@ class Bench:
                     stats[name]["p50"].append(percentile(values, 50))
                     stats[name]["p99"].append(percentile(values, 99))
             for q in ("p50", "p99"):
-                self.figures.append(
-                    Figure(
-                        f"P4.{size}.{q}",
-                        f"gather() of a call to {size} clusters, {q}",
-                        "ms",
-                        False,
-                        stats["ours"][q],
-                        "raw AMP fan-out",
-                        stats["raw"][q],
-                        target=("<=", 1.1),
-                        note=(
-                            f"{s.fanouts} fan-outs per trial, from a non-reactor "
-                            "thread; maas-rpc: gather() of getClientFor(uuid) then "
-                            "the call; raw: blockingCallFromThread of a "
-                            "DeferredList of callRemote."
-                        )
-                        if q == "p50" and size == s.fanSizes[0]
-                        else "",
+                self._againstRaw(
+                    f"P4.{size}.{q}",
+                    f"gather() of a call to {size} clusters, {q}",
+                    "ms",
+                    False,
+                    {name: stats[name][q] for name in names},
+                    "fan-out",
+                    ("<=", 1.1),
+                    note=(
+                        f"{s.fanouts} fan-outs per trial, from a non-reactor "
+                        "thread; maas-rpc: gather() of getClientFor(uuid) then "
+                        "the call, over the secure channel; raw: "
+                        "blockingCallFromThread of a DeferredList of callRemote, "
+                        "over TLS (P4.*) and over TCP (P4.*.tcp)."
                     )
+                    if q == "p50" and size == s.fanSizes[0]
+                    else "",
                 )
             self.figures.append(
                 Figure(
@@ -619,7 +773,7 @@ class Bench:
                     "ms",
                     False,
                     stats["gatherRaw"]["p50"],
-                    "raw AMP fan-out",
+                    "raw AMP/TCP fan-out",
                     stats["raw"]["p50"],
                     note="gather()'s own cost: the same raw callRemote calls as "
                     "the baseline, through gather()."
@@ -650,7 +804,7 @@ class Bench:
             MAAS_RPC_BIND="127.0.0.1",
         )
         started = perf_counter()
-        self.procs.command(
+        supervisor = self.procs.command(
             [
                 sys.executable,
                 "-m",
@@ -669,14 +823,17 @@ class Bench:
             names = self._waitEventloops(f"{url}/rpc/", s.p5Workers)
             advertising = perf_counter() - started
             say(f"P5: {len(names)} event-loops advertising after {advertising:.1f} s")
+            pids = [supervisor.pid]
             for name in names:
-                self.procs.adopt(int(name.rsplit("pid=", 1)[1]))
+                pids.append(int(name.rsplit("pid=", 1)[1]))
+                self.procs.adopt(pids[-1])
             # A first round, not counted, warms up code paths and caches.
             cold = self._p5Trial(workers, url, secret, len(names))
             say(f"P5: warm-up round: {cold:.2f} s")
-            times = []
+            times: list[float] = []
+            cpu: dict[str, list[float]] = {"region": [], "cluster": []}
             for _ in range(self.trials):
-                times.append(self._p5Trial(workers, url, secret, len(names)))
+                times.append(self._p5Trial(workers, url, secret, len(names), pids, cpu))
                 say(f"P5: trial {len(times)}: {times[-1]:.2f} s")
         finally:
             self.procs.stopWorkers(workers)
@@ -697,6 +854,25 @@ class Bench:
                 f"trial, after a warm-up round ({cold:.2f} s).",
             )
         )
+        conns = clusters * s.p5Workers
+        for side in ("region", "cluster"):
+            self.figures.append(
+                Figure(
+                    f"P5.cpu.{side}",
+                    f"P5: CPU per connection, {side} side",
+                    "ms",
+                    False,
+                    cpu[side],
+                    note=f"CPU time (user + system, /proc/<pid>/stat) over a trial "
+                    f"of the region's {s.p5Workers} event-loops and its supervisor "
+                    f"(region side), of the {s.p5Procs} cluster processes (cluster "
+                    f"side), divided by the {conns} connections: discovery polls, "
+                    "connecting, the secure channel (TLS), the handshake, "
+                    "registering."
+                    if side == "region"
+                    else "",
+                )
+            )
 
     def _waitEventloops(self, url: str, count: int, timeout: float = 60) -> list[str]:
         deadline = time.monotonic() + timeout
@@ -710,8 +886,22 @@ class Bench:
         raise RuntimeError(f"fewer than {count} event-loops advertised at {url}")
 
     def _p5Trial(
-        self, workers: list[Worker], url: str, secret: bytes, eventloops: int
+        self,
+        workers: list[Worker],
+        url: str,
+        secret: bytes,
+        eventloops: int,
+        regionPids: list[int] | None = None,
+        cpu: dict[str, list[float]] | None = None,
     ) -> float:
+        """One round of P5: create and start the clusters, wait until all
+        are registered with every event-loop, stop them.
+
+        :param regionPids: the region's processes, whose CPU is counted
+            into ``cpu`` (as are the cluster workers') when both are given.
+        :return: the seconds from starting the clusters until all were
+            registered.
+        """
         s = self.sizes
         for worker in workers:
             worker.request(
@@ -723,6 +913,10 @@ class Bench:
                 source=self.sources(s.p5PerProc),
             )
         gc.collect()
+        counting = regionPids is not None and cpu is not None
+        if counting:
+            region0 = sum(processCpu(pid) for pid in regionPids or ())
+            cluster0 = sum(worker.request("cpu")["cpu"] for worker in workers)
         t0 = time.monotonic()
         for worker in workers:
             worker.send("clusters_start")
@@ -731,6 +925,12 @@ class Bench:
         for worker in workers:
             worker.send("clusters_wait", perCluster=eventloops, timeout=60)
         t1 = max(worker.receive(90)["t"] for worker in workers)
+        if counting and cpu is not None:
+            region1 = sum(processCpu(pid) for pid in regionPids or ())
+            cluster1 = sum(worker.request("cpu")["cpu"] for worker in workers)
+            conns = len(workers) * s.p5PerProc * eventloops
+            cpu["region"].append((region1 - region0) / conns * 1000)
+            cpu["cluster"].append((cluster1 - cluster0) / conns * 1000)
         for worker in workers:
             worker.send("clusters_stop")
         for worker in workers:
@@ -754,6 +954,7 @@ class Bench:
             info = region.request("region_start", dataDir=str(dataDir))
             url = f"http://127.0.0.1:{info['http']}/MAAS"
             port = rawServer.request("raw_listen")["port"]
+            tlsPort = rawServer.request("raw_listen", tls=True)["port"]
 
             def rss(worker: Worker) -> int:
                 return int(worker.request("rss")["rss"])
@@ -777,7 +978,18 @@ class Bench:
             n = s.p6Step
             addClusters(n)
             rawClient.request("raw_connect", port=port, n=n, timeout=120)
-            regionPer, clusterPer, serverPer, clientPer = [], [], [], []
+            rawClient.request("raw_connect", port=tlsPort, n=n, tls=True, timeout=120)
+            per: dict[str, list[float]] = {
+                side: []
+                for side in (
+                    "region",
+                    "cluster",
+                    "server",
+                    "client",
+                    "serverTLS",
+                    "clientTLS",
+                )
+            }
             for _ in range(s.p6Steps):
                 r0 = rss(region)
                 c0, c1 = addClusters(n)
@@ -785,10 +997,19 @@ class Bench:
                 s0, k0 = rss(rawServer), rss(rawClient)
                 rawClient.request("raw_connect", port=port, n=n, timeout=120)
                 s1, k1 = rss(rawServer), rss(rawClient)
-                regionPer.append((r1 - r0) / n / 1024)
-                clusterPer.append((c1 - c0) / n / 1024)
-                serverPer.append((s1 - s0) / n / 1024)
-                clientPer.append((k1 - k0) / n / 1024)
+                rawClient.request(
+                    "raw_connect", port=tlsPort, n=n, tls=True, timeout=120
+                )
+                s2, k2 = rss(rawServer), rss(rawClient)
+                for side, grown in (
+                    ("region", r1 - r0),
+                    ("cluster", c1 - c0),
+                    ("server", s1 - s0),
+                    ("client", k1 - k0),
+                    ("serverTLS", s2 - s1),
+                    ("clientTLS", k2 - k1),
+                ):
+                    per[side].append(grown / n / 1024)
             total = region.request("region_count")["connections"]
             expected = n * (1 + s.p6Steps)
             if total != expected:
@@ -798,37 +1019,32 @@ class Bench:
         finally:
             self.procs.stopWorkers(workers)
         steps = f"{s.p6Steps} steps of {n} connections after a warm-up step"
-        self.figures.append(
-            Figure(
-                "P6.region",
-                "RSS per authenticated conn, region",
-                "KiB",
-                False,
-                regionPer,
-                "raw AMP server",
-                serverPer,
-                target=("<=", 2.0),
-                absTarget=("<=", 16.0),
-                note=f"{steps} (trials are steps); RSS of each process from "
-                "/proc/self/statm after gc.collect(); raw connections made one "
-                "call each.",
-            )
+        self._againstRaw(
+            "P6.region",
+            "RSS per authenticated conn, region",
+            "KiB",
+            False,
+            {"ours": per["region"], "rawTLS": per["serverTLS"], "raw": per["server"]},
+            "server",
+            ("<=", 2.0),
+            absTarget=("<=", 16.0),
+            note=f"{steps} (trials are steps); RSS of each process from "
+            "/proc/self/statm after gc.collect(); maas-rpc over the secure "
+            "channel; raw connections (over TCP, then over TLS, in the same "
+            "processes) made one call each.",
         )
-        self.figures.append(
-            Figure(
-                "P6.cluster",
-                "RSS per authenticated conn, cluster",
-                "KiB",
-                False,
-                clusterPer,
-                "raw AMP client",
-                clientPer,
-                target=("<=", 2.0),
-                absTarget=("<=", 16.0),
-                note="cluster side: each connection belongs to its own "
-                "ClusterClientService, created before the 'before' RSS, so its "
-                "discovery poll and handshake state count, the object itself not.",
-            )
+        self._againstRaw(
+            "P6.cluster",
+            "RSS per authenticated conn, cluster",
+            "KiB",
+            False,
+            {"ours": per["cluster"], "rawTLS": per["clientTLS"], "raw": per["client"]},
+            "client",
+            ("<=", 2.0),
+            absTarget=("<=", 16.0),
+            note="cluster side: each connection belongs to its own "
+            "ClusterClientService, created before the 'before' RSS, so its "
+            "discovery poll and handshake state count, the object itself not.",
         )
 
     def p7(self) -> None:
@@ -909,12 +1125,30 @@ class Bench:
                 )
             )
 
+    def p0(self) -> None:
+        """Connection set-up: see :mod:`benchmarks.connecting`."""
+        from benchmarks.connecting import p0
+
+        p0(self)
+
+    def p1s(self) -> None:
+        """A command on the stock path: see :mod:`benchmarks.slowpath`."""
+        from benchmarks.slowpath import p1s
+
+        p1s(self)
+
+    def p1d(self) -> None:
+        """Deferred-returning responders: see :mod:`benchmarks.slowpath`."""
+        from benchmarks.slowpath import p1d
+
+        p1d(self)
+
     # All of it.
 
     def run(self, only: set[str]) -> None:
         """Run the selected figures (all when ``only`` is empty)."""
         wanted = [f for f in FIGURES if not only or f in only]
-        needsRegion = {"P1", "P1M", "P2", "P3", "P4", "P7"} & set(wanted)
+        needsRegion = {"P1", "P1M", "P1S", "P1D", "P2", "P3", "P4", "P7"} & set(wanted)
         if needsRegion:
             started = perf_counter()
             self.setUp()
@@ -979,12 +1213,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         metavar="FIG",
-        choices=("P1", "P2", "P3", "P4"),
+        choices=("P0", "P1", "P1S", "P1D", "P2", "P3", "P4"),
+        type=str.upper,
         help="run FIG under cProfile, ours and raw AMP, and print the top "
         "functions, instead of the benchmarks",
     )
     p.add_argument(
-        "--calls", type=int, default=3000, help="calls to profile (--profile; 3000)"
+        "--calls",
+        type=int,
+        default=None,
+        help="calls to profile (--profile; 3000), or connections (--profile P0; 300)",
     )
     p.add_argument(
         "--top", type=int, default=25, help="functions per profile table (25)"
@@ -995,6 +1233,13 @@ def parser() -> argparse.ArgumentParser:
         default="cpu",
         help="what the profile measures: each thread's CPU time (default), or "
         "wall time (which counts waiting in epoll and being descheduled)",
+    )
+    p.add_argument(
+        "--profile-raw",
+        choices=("tls", "tcp"),
+        default="tls",
+        help="how --profile calls raw AMP: over TLS, as maas-rpc's secure "
+        "channel runs (default), or over plain TCP",
     )
     p.add_argument(
         "--scale",
@@ -1030,7 +1275,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         from benchmarks.profiling import profile
 
-        return profile(args.profile, args.calls, args.top, args.profile_clock)
+        calls = args.calls or (300 if args.profile == "P0" else 3000)
+        return profile(
+            args.profile, calls, args.top, args.profile_clock, args.profile_raw
+        )
     only = {f.strip().upper() for f in args.only.split(",") if f.strip()}
     unknown = only - set(FIGURES)
     if unknown:

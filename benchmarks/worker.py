@@ -61,8 +61,11 @@ class Control(LineReceiver):
         self.reactor = reactor
         self.role = role
         self.rawServers: list[Any] = []
-        self.rawListening: Any = None
+        self.rawListening: Any = None  # The last raw port (as subclasses set it).
+        self.rawPorts: list[Any] = []
+        self.rawFactories: list[Any] = []
         self.rawClients: list[Any] = []
+        self.setupConns: list[Any] = []
         self.clusters: list[Any] = []
         self.started: list[Any] = []
         self.region: Any = None
@@ -100,10 +103,13 @@ class Control(LineReceiver):
 
     def _stopAll(self) -> Deferred[Any]:
         waits: list[Deferred[Any]] = [self.cmd_clusters_stop()]
-        for proto in self.rawClients:
-            proto.transport.loseConnection()
-        if self.rawListening is not None:
-            waits.append(defer.maybeDeferred(self.rawListening.stopListening))
+        for proto in self.rawClients + self.setupConns:
+            _close(proto)
+        ports = list(self.rawPorts)
+        if self.rawListening is not None and self.rawListening not in ports:
+            ports.append(self.rawListening)
+        for port in ports:
+            waits.append(defer.maybeDeferred(port.stopListening))
         if self.region is not None:
             waits.append(self.region.stop())
         return defer.DeferredList(waits)
@@ -125,6 +131,31 @@ class Control(LineReceiver):
     def cmd_cpu(self) -> dict[str, Any]:
         return {"cpu": time.process_time()}
 
+    def _waitUntil(
+        self, done: Any, timeout: float, describe: Any
+    ) -> Deferred[dict[str, Any]]:
+        """Poll ``done()`` every 2 ms until it is true (answer when, in
+        monotonic seconds) or ``timeout`` seconds have passed (fail with
+        ``describe()``)."""
+        from twisted.internet.task import LoopingCall
+
+        result: Deferred[dict[str, Any]] = Deferred()
+        deadline = time.monotonic() + timeout
+
+        def check() -> None:
+            now = time.monotonic()
+            if done():
+                poll.stop()
+                result.callback({"t": now})
+            elif now > deadline:
+                poll.stop()
+                result.errback(TimeoutError(f"{describe()} after {timeout} s"))
+
+        poll = LoopingCall(check)
+        poll.clock = self.reactor
+        poll.start(0.002)
+        return result
+
     def cmd_profile_start(self, clock: str = "cpu") -> None:
         self.profiler = cProfile.Profile(
             time.thread_time if clock == "cpu" else time.perf_counter
@@ -139,18 +170,86 @@ class Control(LineReceiver):
 
     # Raw AMP.
 
-    def cmd_raw_listen(self) -> dict[str, Any]:
-        from benchmarks.raw import rawFactory
+    def cmd_raw_listen(self, tls: bool = False) -> dict[str, Any]:
+        """Listen for raw AMP on a free port of 127.0.0.1, over TLS (see
+        :func:`benchmarks.raw.tlsServerOptions`) when ``tls``."""
+        from benchmarks.raw import rawFactory, tlsServerOptions
 
-        self.rawListening = self.reactor.listenTCP(
-            0, rawFactory(self.rawServers), interface="127.0.0.1"
+        factory = rawFactory(self.rawServers)
+        if tls:
+            port = self.reactor.listenSSL(
+                0, factory, tlsServerOptions(), interface="127.0.0.1"
+            )
+        else:
+            port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.rawPorts.append(port)
+        self.rawListening = port
+        self.rawFactories.append(factory)
+        return {"port": port.getHost().port}
+
+    def cmd_raw_open(self) -> dict[str, Any]:
+        """How many raw AMP connections this process accepted are open."""
+        return {"open": sum(len(f.open) for f in self.rawFactories)}
+
+    def cmd_raw_wait_open(self, count: int, timeout: float = 60.0) -> Deferred[Any]:
+        """Answer once exactly ``count`` accepted raw connections are open."""
+
+        def current() -> int:
+            return sum(len(f.open) for f in self.rawFactories)
+
+        return self._waitUntil(
+            lambda: current() == count,
+            timeout,
+            lambda: f"{current()} raw connections open, not {count},",
         )
-        return {"port": self.rawListening.getHost().port}
 
-    def cmd_raw_connect(self, port: int, n: int, call: bool = True) -> Deferred[Any]:
-        """Open ``n`` raw AMP connections to ``port``, making one call on
-        each when ``call``."""
-        from twisted.internet.endpoints import TCP4ClientEndpoint
+    def _rawEndpoint(self, port: int, tls: bool) -> Any:
+        from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+
+        from benchmarks.raw import tlsClientOptions
+
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
+        if tls:
+            return wrapClientTLS(tlsClientOptions(), endpoint)
+        return endpoint
+
+    def cmd_raw_setup(self, port: int, n: int, tls: bool = False) -> Deferred[Any]:
+        """Open ``n`` raw AMP connections to ``port``, one after another,
+        each with one call (for the connection set-up figure); answer the
+        seconds each took, from connecting until the call's answer."""
+        from twisted.internet.endpoints import connectProtocol
+
+        from benchmarks.raw import NAME, ORIGIN, RawClient, RawEatCheez
+
+        endpoint = self._rawEndpoint(port, tls)
+
+        async def run() -> dict[str, Any]:
+            seconds = []
+            for _ in range(n):
+                start = time.perf_counter()
+                proto = await connectProtocol(endpoint, RawClient())
+                self.setupConns.append(proto)
+                await proto.callRemote(RawEatCheez, name=NAME, origin=ORIGIN)
+                seconds.append(time.perf_counter() - start)
+            return {"seconds": seconds}
+
+        return Deferred.fromCoroutine(run())
+
+    def cmd_setup_drop(self) -> Deferred[Any]:
+        """Close the connections :meth:`cmd_raw_setup` and
+        :meth:`cmd_clusters_setup` opened; answer once all are closed."""
+        conns, self.setupConns = self.setupConns, []
+        waits = []
+        for proto in conns:
+            waits.append(proto.onConnectionLost)
+            _close(proto)
+        return defer.DeferredList(waits).addCallback(lambda _: None)
+
+    def cmd_raw_connect(
+        self, port: int, n: int, call: bool = True, tls: bool = False
+    ) -> Deferred[Any]:
+        """Open ``n`` raw AMP connections to ``port`` (over TLS when
+        ``tls``), making one call on each when ``call``."""
         from twisted.protocols import amp
 
         from benchmarks.raw import NAME, ORIGIN, RawEatCheez
@@ -159,7 +258,7 @@ class Control(LineReceiver):
             noisy = False
             protocol = amp.AMP
 
-        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
+        endpoint = self._rawEndpoint(port, tls)
 
         def connected(proto: Any) -> Any:
             self.rawClients.append(proto)
@@ -183,6 +282,7 @@ class Control(LineReceiver):
         intervals: list[float],
         handshakeTimeout: float = 30.0,
         source: int | None = None,
+        responders: bool = False,
     ) -> dict[str, Any]:
         """Create ``n`` cluster services (not started), each with its own
         UUID; answer their UUIDs.
@@ -190,8 +290,19 @@ class Control(LineReceiver):
         :param source: when given, cluster ``i`` connects to the region from
             its own loopback address, ``sourceAddress(source + i)``, as
             clusters on their own hosts do; else all from 127.0.0.1.
+        :param responders: when true, the clusters also answer the
+            benchmark's extra commands (:class:`benchmarks.cluster.BenchCluster`).
         """
-        from provisioningserver.rpc.clusterservice import ClusterClientService
+        from provisioningserver.rpc.clusterservice import (
+            ClusterClient,
+            ClusterClientService,
+        )
+
+        protocol: Any = ClusterClient
+        if responders:
+            from benchmarks.cluster import BenchCluster
+
+            protocol = BenchCluster
 
         def connector(index: int) -> Any:
             if source is None:
@@ -206,6 +317,7 @@ class Control(LineReceiver):
                 intervals=intervals,
                 handshakeTimeout=handshakeTimeout,
                 connect=connector(i),
+                protocol=protocol,
             )
             for i in range(n)
         ]
@@ -264,6 +376,44 @@ class Control(LineReceiver):
         poll.start(0.002)
         return done
 
+    def cmd_clusters_setup(
+        self, port: int, eventloop: str, secret: str, n: int
+    ) -> Deferred[Any]:
+        """Connect ``n`` new clusters to the region event-loop at
+        127.0.0.1:``port``, one after another, each with its own UUID and its
+        own service (not started: no discovery, no polling), each connection
+        through the whole handshake (secure channel, TLS, ``Authenticate``
+        both ways, ``Register``); answer the seconds each took, from
+        connecting until ``Register`` was answered, which the region does
+        once the cluster is in its rotation.
+        """
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        from provisioningserver.rpc.clusterservice import (
+            ClusterClient,
+            ClusterClientService,
+        )
+
+        key = bytes.fromhex(secret)
+        url = f"http://127.0.0.1:{port}/MAAS"
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
+
+        async def run() -> dict[str, Any]:
+            seconds = []
+            for _ in range(n):
+                service = ClusterClientService(
+                    url, key, str(uuid.uuid4()), keepaliveInterval=3600.0
+                )
+                start = time.perf_counter()
+                proto = ClusterClient(service, eventloop, ("127.0.0.1", port))
+                self.setupConns.append(proto)
+                await connectProtocol(endpoint, proto)
+                await proto.ready.get()
+                seconds.append(time.perf_counter() - start)
+            return {"seconds": seconds}
+
+        return Deferred.fromCoroutine(run())
+
     def cmd_clusters_stop(self) -> Deferred[Any]:
         services, self.started, self.clusters = self.started, [], []
         waits = [defer.maybeDeferred(s.stopService) for s in services if s.running]
@@ -286,9 +436,11 @@ class Control(LineReceiver):
 
         def started(_: Any) -> dict[str, Any]:
             services = eventloop.services
+            rpc = services.getServiceNamed("rpc")
             return {
                 "http": services.getServiceNamed("web").getPort(),
-                "rpc": services.getServiceNamed("rpc").getPort(),
+                "rpc": rpc.getPort(),
+                "name": rpc.eventloop,
             }
 
         return d.addCallback(started)
@@ -298,6 +450,36 @@ class Control(LineReceiver):
 
         rpc = eventloop.services.getServiceNamed("rpc")
         return {"connections": sum(len(c) for c in rpc.connections.values())}
+
+    def cmd_region_wait(self, count: int, timeout: float = 60.0) -> Deferred[Any]:
+        """Answer once this event-loop has exactly ``count`` registered
+        cluster connections."""
+        from maasserver import eventloop
+
+        rpc = eventloop.services.getServiceNamed("rpc")
+
+        def current() -> int:
+            return sum(len(c) for c in rpc.connections.values())
+
+        return self._waitUntil(
+            lambda: current() == count,
+            timeout,
+            lambda: f"{current()} cluster connections, not {count},",
+        )
+
+
+def _close(proto: Any) -> None:
+    """Close a raw AMP or maas-rpc connection, once its output is sent.
+
+    A maas-rpc connection is closed with its ``disconnect()``: it is its
+    transport's producer, and a TLS transport's ``loseConnection()`` waits
+    for the producer to unregister before it sends its close alert.
+    """
+    disconnect = getattr(proto, "disconnect", None)
+    if disconnect is not None:
+        disconnect()
+    elif proto.transport is not None:
+        proto.transport.loseConnection()
 
 
 def _beginLogging() -> None:

@@ -20,7 +20,7 @@ from twisted.python import usage
 from maasserver.config import RegionConfig
 from provisioningserver import settings
 from provisioningserver.config import ConfigError
-from provisioningserver.plugin import loadProtocol
+from provisioningserver.plugin import PluginOptions, loadProtocol
 
 __all__ = ["Options", "loadRegionProtocol", "makeService"]
 
@@ -43,8 +43,10 @@ def loadRegionProtocol(config: RegionConfig | Mapping[str, str]) -> Any:
     return loadProtocol(spec, RegionServer, "MAAS_RPC_REGION_PROTOCOL")
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
     """Flags of ``twistd maas-regiond``: one per region setting."""
+
+    command = "twistd maas-regiond"
 
     optParameters = settings.optParameters("region")
 

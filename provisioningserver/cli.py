@@ -144,6 +144,15 @@ def runService(
     reactor.callWhenRunning(handleSignals)
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    import crochet
+
+    try:
+        # This process runs the reactor itself: crochet must not start one,
+        # and must know this one (so that results still waited for from
+        # other threads fail with ReactorStopped at shutdown).
+        crochet.no_setup()
+    except RuntimeError:
+        pass  # The service maker has said so already.
     reactor.run()
     return status["code"]
 

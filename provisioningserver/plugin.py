@@ -25,6 +25,7 @@ from provisioningserver import settings
 from provisioningserver.config import ClusterConfig, ConfigError
 
 __all__ = [
+    "PluginOptions",
     "Options",
     "describeCluster",
     "loadClusterProtocol",
@@ -73,8 +74,33 @@ def loadClusterProtocol(environ: Mapping[str, str]) -> Any:
     return loadProtocol(spec, ClusterClient, "MAAS_RPC_CLUSTER_PROTOCOL")
 
 
-class Options(usage.Options):
+class PluginOptions(usage.Options):
+    """Options of a twistd plugin that stop twistd with a non-zero status on
+    a configuration error, on every supported Twisted (twistd before 26.10
+    prints a usage error and exits 0).
+
+    :cvar command: how the command is named in the error line.
+    """
+
+    command = "twistd"
+
+    def parseOptions(self, options: Any = None) -> None:
+        """Parse, and on a usage error print it as one line and exit 1.
+
+        :param options: the arguments; ``sys.argv[1:]`` when ``None``.
+        :raises SystemExit: (1) on a usage error.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            print(f"{self.command}: error: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+class Options(PluginOptions):
     """Flags of ``twistd maas-clusterd``: one per cluster setting."""
+
+    command = "twistd maas-clusterd"
 
     optParameters = settings.optParameters("cluster")
 

@@ -684,6 +684,47 @@ SETTINGS: tuple[Setting, ...] = (
         "(32 before authentication).",
         "The connection is dropped and logged.",
     ),
+    _s(
+        "MAAS_RPC_MAX_UNAUTHENTICATED_BOX",
+        wholeNumber(minimum=4096),
+        "bytes",
+        "65536 (64 KiB)",
+        "region cluster",
+        "The most one received box may hold from a peer that has not completed "
+        "the handshake (each entry counts 128 bytes of overhead).",
+        "The connection is dropped and logged.",
+    ),
+    _s(
+        "MAAS_RPC_MAX_UNAUTHENTICATED_KEYS",
+        wholeNumber(minimum=8),
+        "count",
+        "32",
+        "region cluster",
+        "Keys one received box may hold from a peer that has not completed the "
+        "handshake.",
+        "The connection is dropped and logged.",
+    ),
+    _s(
+        "MAAS_RPC_MAX_UNAUTHENTICATED_ASKS",
+        wholeNumber(minimum=2),
+        "count",
+        "4",
+        "region cluster",
+        "Commands a peer that has not completed the handshake may have in "
+        "progress at once.",
+        "The connection is dropped and logged.",
+    ),
+    _s(
+        "MAAS_RPC_MAX_UNAUTHENTICATED_LIST_ITEMS",
+        wholeNumber(minimum=1),
+        "count",
+        "256",
+        "region cluster",
+        "Items a list argument (such as Register's networks) may have in a "
+        "command from a peer that has not completed the handshake; counted "
+        "before anything is decoded.",
+        "The connection is dropped and logged.",
+    ),
     # Discovery (cluster) and its web server (region).
     _s(
         "MAAS_RPC_DISCOVERY_TIMEOUT",

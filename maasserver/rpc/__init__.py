@@ -4,12 +4,16 @@ event-loop.
 Both helpers follow MAAS's ``@asynchronous(timeout=FOREVER)`` convention:
 called from a thread other than the reactor's they block and return their
 result (or raise); called in the reactor thread, :func:`getClientFor`
-returns a Deferred and :func:`getAllClients` returns the list.
+returns a Deferred (failed, never raising, when there is no connection) and
+:func:`getAllClients` returns the list.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 
 from provisioningserver.rpc.exceptions import NoConnectionsAvailable
 from provisioningserver.utils.twisted import FOREVER, asynchronous
@@ -27,7 +31,7 @@ def _rpcService() -> Any:
 
 
 @asynchronous(timeout=FOREVER)
-def getClientFor(uuid: str, timeout: float = 0) -> Any:
+def getClientFor(uuid: str, timeout: float = 0) -> Deferred[Any]:
     """Return a client for cluster ``uuid``, connected to this event-loop.
 
     When the cluster has several connections (several processes, for high
@@ -38,17 +42,22 @@ def getClientFor(uuid: str, timeout: float = 0) -> Any:
     :param timeout: seconds to wait for the cluster to connect when it has
         no connection now; 0 (the default) does not wait.
     :return: a :class:`~provisioningserver.rpc.common.Client` (from another
-        thread) or a Deferred of one (in the reactor).
+        thread) or a Deferred of one (in the reactor, where every error below
+        fails the Deferred rather than being raised).
     :raises NoConnectionsAvailable: when the cluster has no connection to
         this event-loop within ``timeout``, or the event-loop is not
         running.
+    :raises crochet.ReactorStopped: (from another thread) when the reactor
+        stops first.
     """
     service = _rpcService()
     if service is None or not service.running:
-        raise NoConnectionsAvailable(
-            "this process's region event-loop is not running", uuid=uuid
+        return defer.fail(
+            NoConnectionsAvailable(
+                "this process's region event-loop is not running", uuid=uuid
+            )
         )
-    return service.getClientFor(uuid, timeout)
+    return defer.maybeDeferred(service.getClientFor, uuid, timeout)
 
 
 @asynchronous(timeout=FOREVER)
@@ -59,6 +68,8 @@ def getAllClients() -> list[Any]:
 
     :return: a list of :class:`~provisioningserver.rpc.common.Client`;
         empty when nothing is connected or the event-loop is not running.
+    :raises crochet.ReactorStopped: (from another thread) when the reactor
+        stops first.
     """
     service = _rpcService()
     if service is None or not service.running:

@@ -7,6 +7,13 @@ distinct timeout keeps its pending calls in insertion order, and one delayed
 call, for the earliest deadline, serves them all. Setting a deadline costs a
 dict insertion, and meeting it a dict deletion; the timer is not moved when
 calls answer early, so it may fire once with nothing to do.
+
+Meeting a deadline cancels the call's Deferred, which runs its callbacks
+there and then. Those callbacks may set new deadlines, settle or cancel other
+calls (the last of a group included), or :meth:`Deadlines.stop` the lot; the
+timer is always rescheduled for whatever is still pending afterwards, and a
+canceller that raises is logged without costing the other calls their
+deadline.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 __all__ = ["Deadlines"]
+
+log = Logger()
 
 
 class Deadlines:
@@ -25,6 +35,7 @@ class Deadlines:
 
     :param clock: the clock (an
         :class:`~twisted.internet.interfaces.IReactorTime`).
+    :ivar clock: the clock.
     """
 
     def __init__(self, clock: Any) -> None:
@@ -36,6 +47,10 @@ class Deadlines:
         self._expired: dict[Deferred[Any], Callable[[], BaseException]] = {}
         self._call: Any = None
         self._callAt = 0.0
+        # True while _fire cancels calls: add() leaves scheduling to _fire.
+        self._firing = False
+        # Bumped by stop(), so that a _fire in progress stops cancelling.
+        self._generation = 0
 
     def __len__(self) -> int:
         return sum(len(group) for group in self._groups.values())
@@ -48,7 +63,8 @@ class Deadlines:
     ) -> Deferred[Any]:
         """Cancel ``d`` if it has not fired within ``timeout`` seconds.
 
-        Call it before anything else is added to ``d``'s callbacks.
+        Call it before anything else is added to ``d``'s callbacks, and once
+        per Deferred.
 
         :param d: the Deferred.
         :param timeout: seconds, > 0.
@@ -62,7 +78,7 @@ class Deadlines:
         expiry = self._clock.seconds() + timeout
         group[d] = (expiry, error)
         d.addBoth(self._settled, group, d)
-        if self._call is None or expiry < self._callAt:
+        if not self._firing and (self._call is None or expiry < self._callAt):
             self._schedule(expiry)
         return d
 
@@ -76,7 +92,12 @@ class Deadlines:
 
     def stop(self) -> None:
         """Stop the timer (the connection is gone); pending deadlines are
-        forgotten."""
+        forgotten.
+
+        Safe to call from a callback that a deadline runs: the calls due at
+        the same time that have not been cancelled yet are left alone.
+        """
+        self._generation += 1
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
@@ -89,11 +110,27 @@ class Deadlines:
         delay = max(0.0, when - self._clock.seconds())
         self._call = self._clock.callLater(delay, self._fire)
 
+    def _reschedule(self) -> None:
+        # Forget the groups that emptied, find the earliest pending deadline
+        # (each group's first), and make sure the timer comes no later.
+        earliest: float | None = None
+        for timeout, group in list(self._groups.items()):
+            if not group:
+                del self._groups[timeout]
+                continue
+            head = next(iter(group.values()))[0]
+            if earliest is None or head < earliest:
+                earliest = head
+        if earliest is None:
+            return
+        if self._call is None or not self._call.active() or earliest < self._callAt:
+            self._schedule(earliest)
+
     def _fire(self) -> None:
         self._call = None
         now = self._clock.seconds()
         due: list[tuple[Deferred[Any], Any]] = []
-        for timeout, group in list(self._groups.items()):
+        for group in self._groups.values():
             while group:
                 d = next(iter(group))
                 expiry, error = group[d]
@@ -101,12 +138,23 @@ class Deadlines:
                     break
                 del group[d]
                 due.append((d, error))
-            if not group:
-                del self._groups[timeout]
-        for d, error in due:
-            if not d.called:
+        generation = self._generation
+        self._firing = True
+        try:
+            for d, error in due:
+                if self._generation != generation:
+                    break  # stop() was called by a callback: forget the rest.
+                if d.called:
+                    continue  # Settled meanwhile by an earlier call's callbacks.
                 self._expired[d] = error
-                d.cancel()
-        heads = [next(iter(group.values()))[0] for group in self._groups.values()]
-        if heads:
-            self._schedule(min(heads))
+                try:
+                    d.cancel()
+                except Exception:  # noqa: BLE001 - one call's canceller
+                    log.failure("Cancelling {call} at its deadline failed", call=d)
+                    # The canceller raised before the Deferred fired; fail it
+                    # with its deadline's error all the same.
+                    if not d.called:
+                        d.errback(CancelledError())
+        finally:
+            self._firing = False
+            self._reschedule()

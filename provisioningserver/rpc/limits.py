@@ -36,8 +36,16 @@ Environment variables (both sides):
     (default 1024, enough for a box of 32 MiB in chunks; 32 before
     authentication).
 
-Before authentication a peer may also have at most 4 commands in progress
-and send list arguments of at most 256 items; these are not configurable.
+``MAAS_RPC_MAX_UNAUTHENTICATED_BOX``, ``MAAS_RPC_MAX_UNAUTHENTICATED_KEYS``
+    The same two budgets for a peer that has not completed the handshake
+    (default 64 KiB and 32 keys).
+``MAAS_RPC_MAX_UNAUTHENTICATED_ASKS``
+    Commands a peer that has not completed the handshake may have in
+    progress at once (default 4; ``Register`` may be pending only once).
+``MAAS_RPC_MAX_UNAUTHENTICATED_LIST_ITEMS``
+    Items a list argument may have in a command from such a peer (default
+    256), counted before anything is decoded.
+
 A peer over any limit is dropped with one log line.
 """
 
@@ -122,6 +130,18 @@ class Limits:
                 env, "MAAS_RPC_MAX_BOX", 32 * 1024 * 1024, minimum=65535
             ),
             maxKeys=env_int(env, "MAAS_RPC_MAX_KEYS", 1024, minimum=16),
+            maxUnauthenticatedBoxBytes=env_int(
+                env, "MAAS_RPC_MAX_UNAUTHENTICATED_BOX", 64 * 1024, minimum=4096
+            ),
+            maxUnauthenticatedKeys=env_int(
+                env, "MAAS_RPC_MAX_UNAUTHENTICATED_KEYS", 32, minimum=8
+            ),
+            maxUnauthenticatedAsks=env_int(
+                env, "MAAS_RPC_MAX_UNAUTHENTICATED_ASKS", 4, minimum=2
+            ),
+            maxUnauthenticatedListItems=env_int(
+                env, "MAAS_RPC_MAX_UNAUTHENTICATED_LIST_ITEMS", 256, minimum=1
+            ),
             maxUnauthenticatedTotal=env_int(
                 env, "MAAS_RPC_MAX_UNAUTHENTICATED_TOTAL", 2000, minimum=1
             ),

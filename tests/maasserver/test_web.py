@@ -28,8 +28,18 @@ class Advertising:
 
     def __init__(self, loops=LOOPS):
         self.advertising = SimpleNamespace(isSet=loops is not None)
-        self.store = SimpleNamespace(eventloops=lambda: defer.succeed(loops))
-        self.rpc = SimpleNamespace(secret=SECRET)
+        self.reads: list[defer.Deferred] = []
+        self.loops = loops
+        self.store = SimpleNamespace(eventloops=self._read)
+        self.rpc = SimpleNamespace(secret=SECRET, clock=Clock())
+        self.later = False
+
+    def _read(self):
+        d = defer.Deferred()
+        self.reads.append(d)
+        if not self.later:
+            d.callback(self.loops)
+        return d
 
 
 class Client:
@@ -83,6 +93,27 @@ def test_get_answers_a_signed_document_and_closes():
     assert discovery.signed
     assert discovery.eventloops == LOOPS
     assert client.closing
+
+
+def test_answers_are_reused_for_a_second_and_read_once_meanwhile():
+    advertising = Advertising()
+    s = makeSite(advertising, None, reactor=Clock())
+    advertising.later = True
+    first, second = Client(s, port=40001), Client(s, port=40002)
+    for client in (first, second):
+        client.send(b"GET /MAAS/rpc/ HTTP/1.1\r\nHost: region\r\n\r\n")
+    assert len(advertising.reads) == 1  # One read serves both.
+    advertising.reads[0].callback(LOOPS)
+    assert body_of(first.answer) == body_of(second.answer)
+    third = Client(s, port=40003)
+    third.send(b"GET /MAAS/rpc/ HTTP/1.1\r\nHost: region\r\n\r\n")
+    assert len(advertising.reads) == 1  # Reused within the second.
+    assert readDiscovery(body_of(third.answer), SECRET).eventloops == LOOPS
+    advertising.rpc.clock.advance(1.5)
+    advertising.later = False
+    fourth = Client(s, port=40004)
+    fourth.send(b"GET /MAAS/rpc/ HTTP/1.1\r\nHost: region\r\n\r\n")
+    assert len(advertising.reads) == 2  # Stale: read again.
 
 
 def test_not_advertising_yet_is_signed_too():

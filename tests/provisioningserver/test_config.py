@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from twisted.python import usage
 
 from maasserver.config import RegionConfig
 from provisioningserver.config import (
@@ -118,22 +117,37 @@ def test_region_config_refuses(tmp_path, name, value):
         RegionConfig.from_env({"MAAS_RPC_DATA_DIR": str(tmp_path), name: value})
 
 
-def test_plugin_options_report_bad_configuration_as_usage_errors(tmp_path, monkeypatch):
+def refused(options, args, capsys) -> str:
+    """Parse ``args`` as twistd would; return the one error line printed.
+
+    The plugins' options exit 1 themselves on a configuration error (twistd
+    before Twisted 26.10 would exit 0)."""
+    with pytest.raises(SystemExit) as exited:
+        options.parseOptions(args)
+    assert exited.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_plugin_options_report_bad_configuration_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
     from maasserver.plugin import Options as RegionOptions
     from provisioningserver.plugin import Options as ClusterOptions
 
     monkeypatch.setenv("MAAS_RPC_DATA_DIR", str(tmp_path))
-    with pytest.raises(usage.UsageError, match="secret"):
-        ClusterOptions().parseOptions([])
-    with pytest.raises(usage.UsageError, match="MAAS_RPC_PORTS"):
-        RegionOptions().parseOptions(["--ports", "abc"])
-    with pytest.raises(usage.UsageError, match="module:Class"):
-        RegionOptions().parseOptions(["--protocol", "nonsense"])
+    line = refused(ClusterOptions(), [], capsys)
+    assert line.startswith("twistd maas-clusterd: error:") and "secret" in line
+    line = refused(RegionOptions(), ["--ports", "abc"], capsys)
+    assert line.startswith("twistd maas-regiond: error:")
+    assert "MAAS_RPC_PORTS" in line
+    assert "module:Class" in refused(RegionOptions(), ["--protocol", "x"], capsys)
     install_shared_secret(tmp_path / "secret", SECRET)
-    with pytest.raises(usage.UsageError, match="not a subclass of ClusterClient"):
-        ClusterOptions().parseOptions(
-            ["--protocol", "provisioningserver.rpc.common:Client"]
-        )
+    line = refused(
+        ClusterOptions(), ["--protocol", "provisioningserver.rpc.common:Client"], capsys
+    )
+    assert "not a subclass of ClusterClient" in line
 
 
 def test_region_config_database_url(tmp_path):
@@ -158,7 +172,7 @@ def test_region_config_refuses_other_database_urls(tmp_path, url):
     assert "hunter2" not in str(caught.value)
 
 
-def test_plugin_database_url_flag_takes_precedence(tmp_path, monkeypatch):
+def test_plugin_database_url_flag_takes_precedence(tmp_path, monkeypatch, capsys):
     from maasserver.plugin import Options as RegionOptions
 
     monkeypatch.setenv("MAAS_RPC_DATA_DIR", str(tmp_path))
@@ -169,5 +183,5 @@ def test_plugin_database_url_flag_takes_precedence(tmp_path, monkeypatch):
     options = RegionOptions()
     options.parseOptions(["--database-url", "postgresql://flag.example/maas"])
     assert options["config"].database_url == "postgresql://flag.example/maas"
-    with pytest.raises(usage.UsageError, match="MAAS_RPC_DATABASE_URL"):
-        RegionOptions().parseOptions(["--database-url", "sqlite:///eventloops"])
+    line = refused(RegionOptions(), ["--database-url", "sqlite:///eventloops"], capsys)
+    assert "MAAS_RPC_DATABASE_URL" in line

@@ -59,6 +59,14 @@ def test_internal_and_development_settings_have_no_flag():
         ("MAAS_RPC_MAX_KEYS", "maxKeys", Limits),
         ("MAAS_RPC_MAX_UNAUTHENTICATED_TOTAL", "maxUnauthenticatedTotal", Limits),
         ("MAAS_RPC_MAX_UNAUTHENTICATED_BYTES", "maxUnauthenticatedBytesTotal", Limits),
+        ("MAAS_RPC_MAX_UNAUTHENTICATED_BOX", "maxUnauthenticatedBoxBytes", Limits),
+        ("MAAS_RPC_MAX_UNAUTHENTICATED_KEYS", "maxUnauthenticatedKeys", Limits),
+        ("MAAS_RPC_MAX_UNAUTHENTICATED_ASKS", "maxUnauthenticatedAsks", Limits),
+        (
+            "MAAS_RPC_MAX_UNAUTHENTICATED_LIST_ITEMS",
+            "maxUnauthenticatedListItems",
+            Limits,
+        ),
     ],
 )
 def test_documented_defaults_are_the_codes(name, field, config):

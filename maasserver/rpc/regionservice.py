@@ -30,7 +30,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from provisioningserver.rpc import observers
@@ -59,6 +59,7 @@ from provisioningserver.rpc.limits import DEFAULT_LIMITS, Limits
 from provisioningserver.rpc.region import Authenticate, Identify, Ping, Register
 from provisioningserver.rpc.tls import TLSConfig
 from provisioningserver.twisted.protocols import amp
+from provisioningserver.utils.ratelimit import LogLimiter
 from provisioningserver.utils.text import printable
 from provisioningserver.utils.twisted import DeferredValue
 
@@ -105,6 +106,7 @@ class Region(RPCProtocol):
         self.tls = service.tls
         self.clock = service.clock
         self.allowLegacyPeers = service.allowLegacyPeers
+        self.logLimiter = service.logLimiter
 
     #: TLS is set up by the secure channel, before anything else: AMP's
     #: ``StartTLS`` is refused.
@@ -251,7 +253,8 @@ class RegionServer(Region):
         if self._admittedFrom is not None and not self._lost:
             held = len(self._buffer) + self._boxBytes
             if held != self._heldBytes and not self.service._holding(self, held):
-                log.warn(
+                self.peerWarn(
+                    "held-bytes",
                     "Connections in the handshake hold more than {limit} bytes; "
                     "dropping the one from {peer}.",
                     limit=self.limits.maxUnauthenticatedBytesTotal,
@@ -555,6 +558,9 @@ class RegionService(Service):
         self.tls = tls
         self.allowLegacyPeers = allowLegacyPeers
         self.backlog = backlog
+        #: Warnings about what peers do: ten a minute per kind and address, then
+        #: a count.
+        self.logLimiter = LogLimiter(log, clock=reactor, burst=10)
         self._statusCall: Any = None
         self.idleTimeout = idleTimeout
         self._sweeper: Any = None
@@ -672,7 +678,8 @@ class RegionService(Service):
         deadline = self.clock.seconds() - self.idleTimeout
         for conn in list(self.live):
             if conn.lastHeard < deadline:
-                log.warn(
+                conn.peerWarn(
+                    "idle",
                     "Heard nothing from cluster {ident} at {peer} for {idle} "
                     "seconds; dropping the connection.",
                     ident=conn.ident or "(unidentified)",
@@ -687,7 +694,9 @@ class RegionService(Service):
         limit = self.limits.maxUnauthenticatedPerAddress
         total = self.limits.maxUnauthenticatedTotal
         if self._unauthenticated[host] >= limit:
-            log.warn(
+            self.logLimiter.emit(
+                LogLevel.warn,
+                ("refused", host),
                 "Refused a connection from {host}: {limit} connections from it "
                 "are already in the handshake.",
                 host=printable(host),
@@ -695,7 +704,9 @@ class RegionService(Service):
             )
             return False
         if self._unauthenticatedTotal >= total:
-            log.warn(
+            self.logLimiter.emit(
+                LogLevel.warn,
+                ("refused-total", None),
                 "Refused a connection from {host}: {limit} connections are "
                 "already in the handshake (MAAS_RPC_MAX_UNAUTHENTICATED_TOTAL).",
                 host=printable(host),

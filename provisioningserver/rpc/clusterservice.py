@@ -514,9 +514,9 @@ class ClusterClientService(Service):
         self._connect = connect or self._connectTCP
         self._attempts = DeferredSemaphore(self.discoveryLimits.connectConcurrency)
         self._logs = LogLimiter(log, clock=reactor)
-        #: Warnings about what region peers do: once a minute per kind and
-        #: address (the connections' own).
-        self.logLimiter = LogLimiter(log, clock=reactor)
+        #: Warnings about what region peers do: ten a minute per kind and
+        #: address, then a count (the connections' own).
+        self.logLimiter = LogLimiter(log, clock=reactor, burst=10)
         self.connections: dict[str, ClusterClient] = {}
         self.connecting: dict[str, Deferred[Any]] = {}
         self.handshaking: dict[ClusterClient, None] = {}

@@ -31,6 +31,9 @@ class LogLimiter:
         ``None`` (resolved at the first event).
     :param maxKeys: keys remembered at most; when more are seen, the oldest
         are forgotten (their next event then passes at once).
+    :param burst: events of one key let through in each interval before the
+        rest are held back (so that a few distinct occurrences, say a few
+        refused connections, are each seen, while a flood is not).
     """
 
     def __init__(
@@ -39,12 +42,15 @@ class LogLimiter:
         interval: float = DEFAULT_INTERVAL,
         clock: Any = None,
         maxKeys: int = 256,
+        burst: int = 1,
     ) -> None:
         self.logger = logger
         self.interval = interval
         self._clock = clock
         self.maxKeys = maxKeys
-        # key -> [time of the last event let through, events held back since]
+        self.burst = max(1, burst)
+        # key -> [start of the interval, events let through in it, events
+        # held back since the last one let through]
         self._seen: dict[Hashable, list[float]] = {}
 
     def _now(self) -> float:
@@ -54,8 +60,8 @@ class LogLimiter:
         return float(clock.seconds())
 
     def emit(self, level: LogLevel, key: Hashable, format: str, **kwargs: Any) -> bool:  # noqa: A002 - Twisted's name
-        """Log ``format`` at ``level`` unless ``key`` was logged less than
-        ``interval`` seconds ago.
+        """Log ``format`` at ``level`` unless ``key`` was already logged
+        ``burst`` times in its current interval of ``interval`` seconds.
 
         When events were held back since the last one let through, the line
         ends with how many (``kwargs`` gains ``suppressed``).
@@ -69,13 +75,17 @@ class LogLimiter:
         now = self._now()
         entry = self._seen.get(key)
         if entry is not None and now - entry[0] < self.interval:
+            if entry[1] >= self.burst:
+                entry[2] += 1
+                return False
             entry[1] += 1
-            return False
-        suppressed = int(entry[1]) if entry is not None else 0
-        self._seen.pop(key, None)
-        self._seen[key] = [now, 0]
-        while len(self._seen) > self.maxKeys:
-            del self._seen[next(iter(self._seen))]
+            suppressed = 0
+        else:
+            suppressed = int(entry[2]) if entry is not None else 0
+            self._seen.pop(key, None)
+            self._seen[key] = [now, 1, 0]
+            while len(self._seen) > self.maxKeys:
+                del self._seen[next(iter(self._seen))]
         if suppressed:
             format += " ({suppressed} more like this in the last {interval:.0f} s)"
             kwargs.update(suppressed=suppressed, interval=self.interval)

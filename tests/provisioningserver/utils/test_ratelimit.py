@@ -40,3 +40,20 @@ def test_keys_are_bounded():
     for n in range(1000):
         limiter.warn(("peer", n), "x")
     assert len(limiter._seen) == 10
+
+
+def test_a_burst_passes_then_the_rest_is_counted():
+    from twisted.internet.task import Clock
+    from twisted.logger import Logger, LogLevel
+
+    from provisioningserver.utils.ratelimit import LogLimiter
+
+    events: list[dict] = []
+    clock = Clock()
+    limiter = LogLimiter(Logger(observer=events.append), 60, clock, burst=3)
+    passed = [limiter.emit(LogLevel.warn, "k", "n={n}", n=n) for n in range(10)]
+    assert passed == [True] * 3 + [False] * 7
+    clock.advance(61)
+    assert limiter.emit(LogLevel.warn, "k", "n={n}", n=10)
+    assert events[-1]["suppressed"] == 7
+    assert len(events) == 4

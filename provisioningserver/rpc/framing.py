@@ -241,7 +241,7 @@ class BoxProtocol(amp.AMP):
 
     def peerWarn(self, kind: str, format: str, **kwargs: Any) -> None:  # noqa: A002
         """Log a warning about the peer's behaviour: through
-        :attr:`logLimiter` when it has one (the region's and the clusters'
+        ``logLimiter`` when it has one (the region's and the clusters'
         connections do: once per minute per kind and peer address, with a
         count of the lines held back), else at once.
 

@@ -55,6 +55,7 @@ from provisioningserver.utils.text import printable
 __all__ = [
     "ENTRY_OVERHEAD",
     "BoxProtocol",
+    "ClosingTransport",
     "peerAddress",
     "serializeBox",
 ]
@@ -126,6 +127,50 @@ def peerAddress(proto: Any) -> str:
     host = getattr(peer, "host", None)
     port = getattr(peer, "port", None)
     return f"{host}:{port}" if host is not None else printable(str(peer))
+
+
+class ClosingTransport:
+    """A protocol's transport, as :class:`BoxProtocol` sees it: the real
+    one, except that closing it first unregisters the protocol as its
+    producer.
+
+    The protocol is its transport's streaming producer (for back-pressure);
+    a TLS transport waits for its producer to unregister before it sends its
+    close alert, so a ``transport.loseConnection()`` (stock AMP's, after a
+    fatal error or an over-long key, or a user's) would otherwise never
+    close a connection over TLS. Everything else is the real transport's.
+
+    :param transport: the real transport.
+    """
+
+    __slots__ = ("_real", "write", "writeSequence")
+
+    def __init__(self, transport: Any) -> None:
+        object.__setattr__(self, "_real", transport)
+        object.__setattr__(self, "write", transport.write)
+        object.__setattr__(self, "writeSequence", transport.writeSequence)
+
+    @property
+    def wrapped(self) -> Any:
+        """The real transport."""
+        return self._real
+
+    def loseConnection(self) -> None:
+        """Stop being produced for, then close once pending output is sent
+        (see :meth:`twisted.internet.interfaces.ITransport.loseConnection`)."""
+        real = self._real
+        if getattr(real, "producer", None) is not None:
+            real.unregisterProducer()
+        real.loseConnection()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._real, name, value)
+
+    def __repr__(self) -> str:
+        return f"<ClosingTransport of {self._real!r}>"
 
 
 class BoxProtocol(amp.AMP):
@@ -284,11 +329,12 @@ class BoxProtocol(amp.AMP):
 
     def makeConnection(self, transport: Any) -> None:
         """Connect, as :class:`amp.BinaryBoxProtocol` does (without stock
-        AMP's two info log lines per connection).
+        AMP's two info log lines per connection), through a
+        :class:`ClosingTransport`.
 
         :param transport: the transport.
         """
-        amp.BinaryBoxProtocol.makeConnection(self, transport)
+        amp.BinaryBoxProtocol.makeConnection(self, ClosingTransport(transport))
 
     def connectionMade(self) -> None:
         """Become the transport's streaming producer, for back-pressure."""
@@ -306,8 +352,9 @@ class BoxProtocol(amp.AMP):
         self._lost = True
         self._dropParserState()
         transport = self.transport
-        if transport is not None and getattr(transport, "producer", None) is self:
-            # Not kept alive by a transport that outlives it.
+        if transport is not None and getattr(transport, "producer", None) is not None:
+            # Not kept alive by a transport (or its TLS layer) that outlives
+            # it: this protocol is the only producer it has.
             transport.unregisterProducer()  # type: ignore[attr-defined]
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.transport = None

@@ -59,6 +59,12 @@ class _Raw:
     def loseConnection(self) -> None:
         iosim.FakeTransport.loseConnection(self._transport)
 
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        iosim.FakeTransport.registerProducer(self._transport, producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        iosim.FakeTransport.unregisterProducer(self._transport)
+
     def abortConnection(self) -> None:
         iosim.FakeTransport.abortConnection(self._transport)
 
@@ -88,6 +94,11 @@ class MemoryTransport(iosim.FakeTransport):
             :meth:`twisted.internet.interfaces.ITLSTransport.startTLS`.
         """
         client = (not self.isServer) if beNormal else self.isServer
+        # As Twisted's TCP transports do: a producer moves to the TLS layer
+        # (which then waits for it to unregister before it closes).
+        producer, streaming = self.producer, self.streamingProducer
+        if producer is not None:
+            super().unregisterProducer()
         factory = TLSMemoryBIOFactory(
             contextFactory,
             client,
@@ -101,6 +112,26 @@ class MemoryTransport(iosim.FakeTransport):
         self.getPeerCertificate = tls.getPeerCertificate
         directlyProvides(self, ISSLTransport)
         tls.makeConnection(_Raw(self))
+        if producer is not None:
+            self.registerProducer(producer, streaming)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """Register a producer (with the TLS layer once it is started).
+
+        :param producer: the producer.
+        :param streaming: whether it is a push producer.
+        """
+        if self._tlsProtocol is not None:
+            self._tlsProtocol.registerProducer(producer, streaming)
+        else:
+            super().registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        """Unregister the producer (from the TLS layer once it is started)."""
+        if self._tlsProtocol is not None:
+            self._tlsProtocol.unregisterProducer()
+        else:
+            super().unregisterProducer()
 
     def loseConnection(self) -> None:
         """Close, through TLS once it is started (which sends what it holds

@@ -402,3 +402,46 @@ def test_observers_hear_a_legacy_refusal():
     assert ("failed", "region", "legacy-refused") in heard
     assert ("changed", "region", "handshake", 1) in heard
     assert ("changed", "region", "handshake", -1) in heard
+
+
+class Fatal(amp.Command):
+    """A command whose error closes the connection.
+
+    :since: test
+    """
+
+    arguments: list = []
+    response: list = []
+    fatalErrors = {ValueError: b"FATAL"}
+
+
+class FatalRegion(RegionServer):
+    @Fatal.responder
+    def fatal(self):
+        raise ValueError("closes the connection")
+
+
+def test_closing_the_transport_closes_a_secure_connection():
+    """The protocol is its transport's producer; TLS waits for producers to
+    unregister before it closes. A plain ``transport.loseConnection()`` (a
+    user's, or stock AMP's after a fatal error) must still close it."""
+    mesh = Mesh()
+    server, client = mesh.server(), mesh.client()
+    pump = connect_in_memory(server, client, clock=mesh.clock)
+    pump.flush()
+    client.transport.loseConnection()
+    pump.flush()
+    assert not server.isConnected() and not client.isConnected()
+    assert successResultOf(server.onConnectionLost) is None
+
+
+def test_a_fatal_error_closes_a_secure_connection_as_stock_amp_does():
+    mesh = Mesh()
+    server, client = FatalRegion(mesh.region), mesh.client()
+    pump = connect_in_memory(server, client, clock=mesh.clock)
+    pump.flush()
+    d = client.callRemote(Fatal)
+    pump.flush()
+    failureResultOf(d, ValueError)
+    assert successResultOf(client.onConnectionLost) is None
+    assert not server.isConnected()

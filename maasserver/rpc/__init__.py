@@ -21,11 +21,17 @@ from provisioningserver.utils.twisted import FOREVER, asynchronous
 __all__ = ["getAllClients", "getClientFor"]
 
 
-def _rpcService() -> Any:
-    from maasserver.eventloop import services
+_services: Any = None
 
+
+def _rpcService() -> Any:
+    global _services
+    if _services is None:
+        from maasserver.eventloop import services
+
+        _services = services
     try:
-        return services.getServiceNamed("rpc")
+        return _services.getServiceNamed("rpc")
     except KeyError:
         return None
 
@@ -57,7 +63,10 @@ def getClientFor(uuid: str, timeout: float = 0) -> Deferred[Any]:
                 "this process's region event-loop is not running", uuid=uuid
             )
         )
-    return defer.maybeDeferred(service.getClientFor, uuid, timeout)
+    try:
+        return service.getClientFor(uuid, timeout)
+    except Exception:  # noqa: BLE001 - in the reactor, a failed Deferred
+        return defer.fail()
 
 
 @asynchronous(timeout=FOREVER)

@@ -248,7 +248,7 @@ class RegionServer(Region):
 
         :param data: bytes from the cluster.
         """
-        self.lastHeard = self.service.clock.seconds()
+        self.lastHeard = self.clock.seconds()
         super().dataReceived(data)
         if self._admittedFrom is not None and not self._lost:
             held = len(self._buffer) + self._boxBytes
@@ -797,7 +797,11 @@ class RegionService(Service):
         """
         conns = self.connections.get(uuid)
         if conns:
-            return defer.succeed(Client(random.choice(list(conns))))
+            if len(conns) == 1:
+                (conn,) = conns
+            else:
+                conn = random.choice(list(conns))
+            return defer.succeed(Client(conn))
         if timeout is None or timeout <= 0:
             return defer.fail(self._noConnections(uuid))
 

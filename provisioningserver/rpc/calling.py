@@ -49,7 +49,7 @@ from provisioningserver.rpc.exceptions import (
     RemoteResponderFailed,
     ShuttingDown,
 )
-from provisioningserver.rpc.framing import peerAddress, serializeBox
+from provisioningserver.rpc.framing import peerAddress
 from provisioningserver.twisted.protocols import amp
 from provisioningserver.utils.text import printable
 
@@ -129,12 +129,13 @@ class CallingProtocol(DispatchingProtocol):
         tag = self._nextTag()
         args[amp.COMMAND] = spec.name
         args[amp.ASK] = tag
-        for value in args.values():
-            if len(value) > _MAX_VALUE:
-                self.sendBox(amp.AmpBox(args))
-                break
+        data = spec.frameCall(args)
+        if data is None:
+            # A value that is not bytes (stock AMP's error) or that needs
+            # chunks (or ArgumentTooLarge): the general path.
+            self.sendBox(amp.AmpBox(args))
         else:
-            self.transport.write(serializeBox(args))  # type: ignore[union-attr]
+            self.transport.write(data)  # type: ignore[union-attr]
         d = _Ask(partial(self._forgetAsk, tag))
         d.spec = spec
         self._outstandingRequests[tag] = d  # type: ignore[index]

@@ -24,6 +24,7 @@ The decision is made once per command class and remembered.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,9 @@ from provisioningserver.rpc.twistedprivate import wireNameToPythonIdentifier
 from provisioningserver.twisted.protocols import amp
 
 __all__ = ["CommandSpec", "specFor"]
+
+_pack = struct.Struct(">H").pack
+_MAX_VALUE = amp.MAX_VALUE_LENGTH
 
 #: Argument types whose conversion does not depend on the protocol, so they
 #: can be precompiled. Exact types only: a subclass may override anything.
@@ -72,6 +76,7 @@ class CommandSpec:
         "allErrors",
         "fatalErrors",
         "reverseErrors",
+        "_callLayout",
     )
 
     def __init__(self, command: type[amp.Command]) -> None:
@@ -83,6 +88,14 @@ class CommandSpec:
         self.allErrors: dict[type, bytes] = command.allErrors  # type: ignore[attr-defined]
         self.fatalErrors = command.fatalErrors
         self.reverseErrors: dict[bytes, type] = command.reverseErrors  # type: ignore[attr-defined]
+        # A call box's keys in the order AMP serialises them (sorted), with
+        # their length-prefixed wire form: the arguments, _ask and _command.
+        keys = sorted({wire for wire, *_ in self.arguments} | {amp.ASK, amp.COMMAND})
+        self._callLayout: list[tuple[bytes, bytes]] | None = [
+            (key, _pack(len(key)) + key) for key in keys
+        ]
+        if any(len(key) > amp.MAX_KEY_LENGTH for key in keys):
+            self._callLayout = None  # Stock AMP's TooLong, on the general path.
 
     @staticmethod
     def _fields(declared: list[tuple[bytes, amp.Argument]]) -> list[Field]:
@@ -119,6 +132,35 @@ class CommandSpec:
                 return None
             box[wire] = toString(value)
         return box
+
+    def frameCall(self, args: dict[bytes, bytes]) -> bytes | None:
+        """Serialise a call box (its arguments, ``_ask`` and ``_command``)
+        exactly as :meth:`amp.AmpBox.serialize` would, without sorting.
+
+        :param args: the box, as :meth:`encodeArguments` made it plus the
+            ``_ask`` and ``_command`` keys.
+        :return: the bytes, or ``None`` when a key or a value is longer than
+            AMP allows or a value is not :class:`bytes` (the caller then
+            takes the path that raises stock AMP's error, or splits the
+            value).
+        """
+        layout = self._callLayout
+        if layout is None:
+            return None
+        parts: list[bytes] = []
+        append = parts.append
+        get = args.get
+        for key, prefix in layout:
+            value = get(key)
+            if value is None:
+                continue
+            if type(value) is not bytes or len(value) > _MAX_VALUE:
+                return None
+            append(prefix)
+            append(_pack(len(value)))
+            append(value)
+        append(b"\x00\x00")
+        return b"".join(parts)
 
     def decodeArguments(self, box: dict[bytes, bytes]) -> dict[str, Any]:
         """Decode a received call's arguments.

@@ -303,11 +303,12 @@ class DispatchingProtocol(BoxProtocol):
             return fail(refusal)
         self._inProgress += 1
         d = amp.BoxDispatcher.dispatchCommand(self, box)
-        d.addBoth(self._dispatched)
-        return d.addErrback(self._undeclared, box)
+        return d.addBoth(self._dispatched, box)
 
-    def _dispatched(self, result: Any) -> Any:
+    def _dispatched(self, result: Any, box: amp.AmpBox) -> Any:
         self._finished()
+        if isinstance(result, Failure):
+            return self._undeclared(result, box)
         return result
 
     def _undeclared(self, failure: Failure, box: amp.AmpBox) -> Failure:
@@ -344,21 +345,23 @@ class DispatchingProtocol(BoxProtocol):
             return
         started = time.monotonic() if observers.current is not None else None
         d = self.dispatchCommand(box)
-        d.addCallbacks(
-            self._formatAnswer,
-            self._formatError,
-            callbackArgs=(ask,),
-            errbackArgs=(box,),
-        )
-        if started is not None:
-            d.addCallback(self._observed, name, started)
-        d.addCallback(self._emit, box)
+        # Format and send the reply in one step (stock AMP's formatAnswer,
+        # formatError and _safeEmit); what fails there is unhandled.
+        d.addBoth(self._reply, box, ask, started)
         d.addErrback(self.unhandledError)
 
-    @staticmethod
-    def _observed(reply: amp.AmpBox, name: bytes, started: float) -> amp.AmpBox:
-        observers.callCompleted(name, "in", reply.get(amp.ERROR_CODE), started)
-        return reply
+    def _reply(
+        self, result: Any, box: amp.AmpBox, ask: bytes, started: float | None
+    ) -> None:
+        if isinstance(result, Failure):
+            reply = self._formatError(result, box)
+        else:
+            reply = self._formatAnswer(result, ask)
+        if started is not None:
+            observers.callCompleted(
+                box[amp.COMMAND], "in", reply.get(amp.ERROR_CODE), started
+            )
+        self._emit(reply, box)
 
     @staticmethod
     def _formatAnswer(answer: amp.AmpBox, ask: bytes) -> amp.AmpBox:

@@ -109,6 +109,11 @@ class UseOnceIterator(Iterator[T]):
         return next(self._iterator)
 
 
+class _Batch(list[Any]):
+    """Results that arrived in one turn of the reactor, handed over together
+    (one wake-up of the calling thread, not one per result)."""
+
+
 class _Finished:
     """Put on a gather's queue last; it carries the calls that timed out."""
 
@@ -138,10 +143,13 @@ class GatherResults(UseOnceIterator[Any]):
     def _receive(self, results: queue.Queue[Any]) -> Iterator[Any]:
         while True:
             result = results.get()
-            if isinstance(result, _Finished):
+            if type(result) is _Batch:
+                yield from result
+            elif isinstance(result, _Finished):
                 self.timedOut = result.timedOut
                 return
-            yield result
+            else:
+                yield result
 
 
 class _Gathering:
@@ -166,6 +174,8 @@ class _Gathering:
         self._starting = True
         self._finished = False
         self._timer: Any = None
+        self._pending: list[Any] = []
+        self._flushCall = False
 
     def start(self) -> None:
         """Make every call, then wait for the answers until the deadline."""
@@ -185,21 +195,34 @@ class _Gathering:
             # cancellation, so nobody is listening for it any more.
             return None
         del self._outstanding[index]
-        self._results.put(result)
+        self._pending.append(result)
         if not self._starting and not self._outstanding:
             self._finish()
+        elif not self._flushCall:
+            # Hand over what arrives in this turn of the reactor together, at
+            # its next turn (whatever clock the deadline is measured with).
+            self._flushCall = True
+            self._reactor.callFromThread(self._flush)
         return None
+
+    def _flush(self) -> None:
+        self._flushCall = False
+        if self._pending:
+            batch, self._pending = _Batch(self._pending), []
+            self._results.put(batch)
 
     def _finish(self) -> None:
         self._finished = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._flush()
         self._results.put(_Finished([]))
 
     def _expire(self) -> None:
         self._timer = None
         self._finished = True
+        self._flush()
         outstanding = self._outstanding
         timedOut = [self._calls[index] for index in outstanding]
         try:

@@ -602,6 +602,7 @@ class Bench:
 
         s = self.sizes
         rawInReactor = self.rawCall()
+        rawTLSInReactor = self.rawCall(tls=True)
         ours = self.ourCall()  # From this thread: returns an EventualResult.
         crochetAlone = crochet.run_in_reactor(rawInReactor)
         twistedAlone = partial(blockingCallFromThread, reactor, rawInReactor)
@@ -610,11 +611,15 @@ class Bench:
         for call in (ours, crochetAlone, twistedAlone, hopAlone):
             self.threadRate(call, s.seq // 5)
         self.seqRate(rawInReactor, s.seq // 5)
+        self.seqRate(rawTLSInReactor, s.seq // 5)
         n = s.seq
         r = self._pair(
             {
                 "raw": lambda: self.withCpu(
                     lambda: self.seqRate(rawInReactor, n), n, None
+                ),
+                "rawTLS": lambda: self.withCpu(
+                    lambda: self.seqRate(rawTLSInReactor, n), n, None
                 ),
                 "ours": lambda: self.withCpu(lambda: self.threadRate(ours, n), n, None),
                 "crochet": lambda: self.withCpu(
@@ -639,10 +644,23 @@ class Bench:
                 "calls/s",
                 True,
                 rate("ours"),
-                "raw AMP seq",
-                rate("raw"),
+                "raw AMP/TLS seq, in the reactor",
+                rate("rawTLS"),
                 target=(">=", 1.0),
-                note="raw baseline runs in the reactor (as P1's).",
+                note="ours over the secure channel, called from another thread; "
+                "the raw baselines run in the reactor (as P1's), over TLS and "
+                "(P3.tcp) over TCP.",
+            )
+        )
+        self.figures.append(
+            Figure(
+                "P3.tcp",
+                "sequential calls from a thread, vs raw over TCP",
+                "calls/s",
+                True,
+                rate("ours"),
+                "raw AMP/TCP seq, in the reactor",
+                rate("raw"),
             )
         )
         self.figures.append(

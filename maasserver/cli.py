@@ -450,6 +450,22 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+#: The columns a status table shows for each connection, after its two
+#: first (who holds it, and who is at the other end).
+_CONNECTION_COLUMNS = ["PEER", "CONNECTED SINCE", "TLS", "CALLS", "FAILED", "LAST CALL"]
+
+
+def _connectionColumns(conn: dict[str, Any], now: float) -> list[str]:
+    return [
+        str(conn.get("peer")),
+        _since(conn.get("connectedAt"), now),
+        _tls(conn),
+        _count(conn.get("callsMade")),
+        _count(conn.get("callsFailed")),
+        _when(conn.get("lastCallAt"), now),
+    ]
+
+
 def formatRegionStatus(answers: list[dict[str, Any]], now: float | None = None) -> str:
     """Render the event-loops' ``status`` answers as a table.
 
@@ -458,16 +474,7 @@ def formatRegionStatus(answers: list[dict[str, Any]], now: float | None = None) 
     :return: the table, and a summary line.
     """
     now = time.time() if now is None else now
-    header = [
-        "EVENT-LOOP",
-        "CLUSTER",
-        "PEER",
-        "CONNECTED SINCE",
-        "TLS",
-        "CALLS",
-        "FAILED",
-        "LAST CALL",
-    ]
+    header = ["EVENT-LOOP", "CLUSTER", *_CONNECTION_COLUMNS]
     rows = []
     clusters = set()
     total = 0
@@ -483,18 +490,7 @@ def formatRegionStatus(answers: list[dict[str, Any]], now: float | None = None) 
                 cluster = f"{cluster} (handshake)"
             else:
                 clusters.add(cluster)
-            rows.append(
-                [
-                    name,
-                    cluster,
-                    str(conn.get("peer")),
-                    _since(conn.get("connectedAt"), now),
-                    _tls(conn),
-                    _count(conn.get("callsMade")),
-                    _count(conn.get("callsFailed")),
-                    _when(conn.get("lastCallAt"), now),
-                ]
-            )
+            rows.append([name, cluster, *_connectionColumns(conn, now)])
     summary = (
         f"{len(answers)} event-loop(s), {total} connection(s), "
         f"{len(clusters)} cluster(s)"
@@ -510,16 +506,7 @@ def formatClusterStatus(answers: list[dict[str, Any]], now: float | None = None)
     :return: the table, and a summary line.
     """
     now = time.time() if now is None else now
-    header = [
-        "CLUSTER",
-        "EVENT-LOOP",
-        "PEER",
-        "CONNECTED SINCE",
-        "TLS",
-        "CALLS",
-        "FAILED",
-        "LAST CALL",
-    ]
+    header = ["CLUSTER", "EVENT-LOOP", *_CONNECTION_COLUMNS]
     rows = []
     total = 0
     for answer in answers:
@@ -532,18 +519,7 @@ def formatClusterStatus(answers: list[dict[str, Any]], now: float | None = None)
             loop = str(conn.get("eventloop"))
             if conn.get("state") != "authenticated":
                 loop = f"{loop} (handshake)"
-            rows.append(
-                [
-                    uuid,
-                    loop,
-                    str(conn.get("peer")),
-                    _since(conn.get("connectedAt"), now),
-                    _tls(conn),
-                    _count(conn.get("callsMade")),
-                    _count(conn.get("callsFailed")),
-                    _when(conn.get("lastCallAt"), now),
-                ]
-            )
+            rows.append([uuid, loop, *_connectionColumns(conn, now)])
     urls = sorted({str(a.get("maas_url")) for a in answers})
     summary = (
         f"{len(answers)} cluster process(es), {total} connection(s); MAAS_URL "

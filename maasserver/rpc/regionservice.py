@@ -44,14 +44,12 @@ from provisioningserver.rpc.common import (
 from provisioningserver.rpc.exceptions import (
     AuthenticationFailed,
     CannotRegisterCluster,
-    ChallengeRefused,
     LegacyPeerRefused,
     NoConnectionsAvailable,
 )
 from provisioningserver.rpc.handshake import (
     REGION,
     HandshakeDeadline,
-    answerChallenge,
     challengePeer,
     handshakeCall,
 )
@@ -130,23 +128,7 @@ class Region(RPCProtocol):
             (see :mod:`provisioningserver.rpc.handshake`); the connection is
             then closed.
         """
-        try:
-            return answerChallenge(self.service.secret, message, REGION, self.proof())
-        except ChallengeRefused as error:
-            self.peerWarn(
-                "challenge",
-                "Refused to answer a challenge from {peer}: {error}; closing "
-                "the connection.",
-                peer=peerAddress(self),
-                error=error,
-            )
-            self.challengeRefused()
-            self.closeAfterReply()
-            raise
-
-    def challengeRefused(self) -> None:
-        """Called when this side refused to answer the peer's challenge
-        (the refusal has been logged); a hook for subclasses."""
+        return self.answerChallenge(self.service.secret, message, REGION)
 
     @Ping.responder
     def ping(self) -> dict[str, Any]:

@@ -47,7 +47,6 @@ from provisioningserver.rpc.discovery import (
 )
 from provisioningserver.rpc.exceptions import (
     AuthenticationFailed,
-    ChallengeRefused,
     LegacyPeerRefused,
     NoConnectionsAvailable,
     RegistrationFailed,
@@ -55,7 +54,6 @@ from provisioningserver.rpc.exceptions import (
 from provisioningserver.rpc.handshake import (
     CLUSTER,
     HandshakeDeadline,
-    answerChallenge,
     challengePeer,
 )
 from provisioningserver.rpc.limits import DEFAULT_LIMITS, Limits
@@ -121,18 +119,7 @@ class Cluster(RPCProtocol):
             (see :mod:`provisioningserver.rpc.handshake`); the connection is
             then closed.
         """
-        try:
-            return answerChallenge(self.service.secret, message, CLUSTER, self.proof())
-        except ChallengeRefused as error:
-            self.peerWarn(
-                "challenge",
-                "Refused to answer a challenge from {peer}: {error}; closing "
-                "the connection.",
-                peer=peerAddress(self),
-                error=error,
-            )
-            self.closeAfterReply()
-            raise
+        return self.answerChallenge(self.service.secret, message, CLUSTER)
 
     @EatCheez.responder
     def eat_cheez(self, name: str, origin: str) -> dict[str, int]:

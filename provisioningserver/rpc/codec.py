@@ -171,17 +171,7 @@ class CommandSpec:
         :raises KeyError: when a required argument is missing.
         :raises Exception: whatever an argument's ``fromString`` raises.
         """
-        values: dict[str, Any] = {}
-        get = box.get
-        for wire, name, _, fromString, optional in self.arguments:
-            value = get(wire)
-            if value is None:
-                if optional:
-                    values[name] = None
-                    continue
-                raise KeyError(wire)
-            values[name] = fromString(value)
-        return values
+        return _decode(self.arguments, box)
 
     def encodeResponse(self, values: dict[str, Any]) -> amp.AmpBox:
         """Encode a responder's answer as stock AMP's ``makeResponse`` would.
@@ -213,17 +203,22 @@ class CommandSpec:
         :raises KeyError: when a required value is missing.
         :raises Exception: whatever a value's ``fromString`` raises.
         """
-        values: dict[str, Any] = {}
-        get = box.get
-        for wire, name, _, fromString, optional in self.response:
-            value = get(wire)
-            if value is None:
-                if optional:
-                    values[name] = None
-                    continue
-                raise KeyError(wire)
-            values[name] = fromString(value)
-        return values
+        return _decode(self.response, box)
+
+
+def _decode(fields: list[Field], box: dict[bytes, bytes]) -> dict[str, Any]:
+    """Decode a box's fields as stock AMP's ``_stringsToObjects`` would."""
+    values: dict[str, Any] = {}
+    get = box.get
+    for wire, name, _, fromString, optional in fields:
+        value = get(wire)
+        if value is None:
+            if optional:
+                values[name] = None
+                continue
+            raise KeyError(wire)
+        values[name] = fromString(value)
+    return values
 
 
 _specs: dict[type, CommandSpec | None] = {}

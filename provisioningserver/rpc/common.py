@@ -58,7 +58,7 @@ from provisioningserver.rpc.exceptions import (
     LegacyPeerRefused,
 )
 from provisioningserver.rpc.framing import peerAddress
-from provisioningserver.rpc.handshake import LEGACY_PROOF, ChannelProof
+from provisioningserver.rpc.handshake import LEGACY_PROOF, ChannelProof, answerChallenge
 from provisioningserver.rpc.interfaces import IConnection
 from provisioningserver.rpc.limits import Limits
 from provisioningserver.rpc.tls import certificateRole
@@ -385,6 +385,39 @@ class RPCProtocol(CallingProtocol):
         if self._proof is None:
             raise AuthenticationFailed("the channel is not up yet")
         return self._proof
+
+    def answerChallenge(
+        self, secret: bytes, message: bytes, role: bytes
+    ) -> dict[str, bytes]:
+        """Answer the peer's ``Authenticate`` challenge on this connection
+        (its digest bound to this connection's channel).
+
+        :param secret: the raw shared secret.
+        :param message: the challenge.
+        :param role: this side's role.
+        :return: ``digest`` and ``salt``.
+        :raises ChallengeRefused: for a challenge this side will not answer
+            (see :mod:`provisioningserver.rpc.handshake`); it is logged in
+            one line, :meth:`challengeRefused` is called, and the connection
+            is closed once the refusal is sent.
+        """
+        try:
+            return answerChallenge(secret, message, role, self.proof())
+        except ChallengeRefused as error:
+            self.peerWarn(
+                "challenge",
+                "Refused to answer a challenge from {peer}: {error}; closing "
+                "the connection.",
+                peer=peerAddress(self),
+                error=error,
+            )
+            self.challengeRefused()
+            self.closeAfterReply()
+            raise
+
+    def challengeRefused(self) -> None:
+        """Called when this side refused to answer the peer's challenge
+        (the refusal has been logged); a hook for subclasses."""
 
     # The secure channel: the connecting side.
 

@@ -63,7 +63,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from provisioningserver.config import env_float, env_int
+from provisioningserver import settings
 from provisioningserver.rpc.discovery import makeDiscoveryDocument
 from provisioningserver.utils.ratelimit import LogLimiter
 from provisioningserver.utils.text import printable
@@ -117,27 +117,16 @@ class HTTPLimits:
             malformed or out of range.
         """
         env = os.environ if environ is None else environ
-        default = cls()
-        return cls(
-            timeout=env_float(env, "MAAS_RPC_HTTP_TIMEOUT", default.timeout),
-            maxHeaders=env_int(
-                env, "MAAS_RPC_HTTP_MAX_HEADERS", default.maxHeaders, minimum=1
-            ),
-            maxHeaderBytes=env_int(
-                env,
-                "MAAS_RPC_HTTP_MAX_HEADER_BYTES",
-                default.maxHeaderBytes,
-                minimum=256,
-            ),
-            maxConnections=env_int(
-                env,
-                "MAAS_RPC_HTTP_MAX_CONNECTIONS",
-                default.maxConnections,
-                minimum=1,
-            ),
-            maxPerAddress=env_int(
-                env, "MAAS_RPC_HTTP_MAX_PER_ADDRESS", default.maxPerAddress, minimum=1
-            ),
+        return settings.readInto(
+            cls,
+            env,
+            {
+                "timeout": "MAAS_RPC_HTTP_TIMEOUT",
+                "maxHeaders": "MAAS_RPC_HTTP_MAX_HEADERS",
+                "maxHeaderBytes": "MAAS_RPC_HTTP_MAX_HEADER_BYTES",
+                "maxConnections": "MAAS_RPC_HTTP_MAX_CONNECTIONS",
+                "maxPerAddress": "MAAS_RPC_HTTP_MAX_PER_ADDRESS",
+            },
         )
 
 

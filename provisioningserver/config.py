@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid as uuid_module
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,29 @@ def default_data_dir(role: str) -> Path:
     return Path(platformdirs.user_data_dir("maas-rpc")) / role
 
 
+def _env_value(
+    environ: Mapping[str, str], name: str, parse: Callable[[str], Any], default: Any
+) -> Any:
+    """Parse ``name`` from ``environ`` with one of :mod:`settings`' parsers.
+
+    :param environ: the environment.
+    :param name: the variable.
+    :param parse: the parser (text in, value out, or
+        :class:`~provisioningserver.settings.InvalidValue`).
+    :param default: the value when the variable is unset or empty.
+    :return: the value.
+    :raises ConfigError: naming the variable and its value when ``parse``
+        refuses it.
+    """
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return parse(text)
+    except settings.InvalidValue as error:
+        raise ConfigError(f"{name}={text!r} {error}") from None
+
+
 def env_float(
     environ: Mapping[str, str],
     name: str,
@@ -78,18 +101,8 @@ def env_float(
     :return: the value.
     :raises ConfigError: when the value is not a (positive) finite number.
     """
-    text = environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"{name}={text!r} is not a finite number")
-    if positive and value <= 0:
-        raise ConfigError(f"{name}={text!r} must be greater than zero")
-    return value
+    parse = settings.seconds if positive else settings.number
+    return _env_value(environ, name, parse, default)
 
 
 def env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
@@ -102,14 +115,7 @@ def env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bo
     :raises ConfigError: when the value is not one of ``1``, ``0``,
         ``yes``, ``no``, ``true``, ``false``, ``on``, ``off``.
     """
-    text = environ.get(name, "").strip().lower()
-    if not text:
-        return default
-    if text in ("1", "yes", "true", "on"):
-        return True
-    if text in ("0", "no", "false", "off"):
-        return False
-    raise ConfigError(f"{name}={text!r} is not 1 or 0")
+    return _env_value(environ, name, settings.boolean, default)
 
 
 def env_int(
@@ -130,17 +136,7 @@ def env_int(
     :return: the value.
     :raises ConfigError: when the value is not a whole number in range.
     """
-    text = environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a whole number") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-        raise ConfigError(f"{name}={text!r} is out of range ({bound})")
-    return value
+    return _env_value(environ, name, settings.wholeNumber(minimum, maximum), default)
 
 
 def parse_ports(text: str, name: str = "MAAS_RPC_PORTS") -> range:

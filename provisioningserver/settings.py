@@ -38,7 +38,7 @@ import math
 import uuid as uuid_module
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 __all__ = [
@@ -55,8 +55,10 @@ __all__ = [
     "databaseURL",
     "helpText",
     "logLevel",
+    "number",
     "optParameters",
     "optionOverrides",
+    "readInto",
     "overrides",
     "ports",
     "seconds",
@@ -68,6 +70,8 @@ __all__ = [
     "warnUnknown",
     "wholeNumber",
 ]
+
+_T = TypeVar("_T")
 
 #: Every role a setting may have (see the module's docstring).
 ROLES = ("region", "cluster", "supervisor", "internal", "development")
@@ -83,7 +87,13 @@ class InvalidValue(ValueError):
 # Parsers: text in, value out, or InvalidValue with the reason.
 
 
-def _number(text: str) -> float:
+def number(text: str) -> float:
+    """Parse a finite number.
+
+    :param text: the value.
+    :return: the number.
+    :raises InvalidValue: when it is not a finite number.
+    """
     try:
         value = float(text)
     except ValueError:
@@ -100,7 +110,7 @@ def seconds(text: str) -> float:
     :return: the seconds.
     :raises InvalidValue: when it is not a positive finite number.
     """
-    value = _number(text)
+    value = number(text)
     if value <= 0:
         raise InvalidValue("must be greater than zero")
     return value
@@ -890,7 +900,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     _s(
         "MAAS_RPC_FUZZ_SCALE",
-        _number,
+        number,
         "number",
         "1",
         "development",
@@ -925,6 +935,31 @@ def setting(name: str) -> Setting:
     :raises KeyError: when there is none.
     """
     return _BY_NAME[name]
+
+
+def readInto(
+    cls: type[_T], environ: Mapping[str, str], fields: Mapping[str, str]
+) -> _T:
+    """Build ``cls`` from the settings ``fields`` names, parsed as the table says.
+
+    Fields whose variable is unset or empty keep ``cls``'s own default, so
+    the dataclass stays the one place a default is written down (the
+    table's ``default`` is its documentation; a test compares the two).
+
+    :param cls: a class whose fields all have defaults (a dataclass).
+    :param environ: the environment.
+    :param fields: field name to variable name.
+    :return: the instance.
+    :raises provisioningserver.config.ConfigError: for the first malformed
+        value, naming its variable.
+    """
+    defaults = cls()
+    return cls(
+        **{
+            field: setting(name).value(environ, getattr(defaults, field))
+            for field, name in fields.items()
+        }
+    )
 
 
 def settingsFor(*roles: str) -> list[Setting]:

@@ -34,7 +34,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
-from provisioningserver.config import env_float, env_int
+from provisioningserver import settings
 
 __all__ = [
     "MAC_CONTEXT",
@@ -114,27 +114,16 @@ class DiscoveryLimits:
             malformed or out of range.
         """
         env = os.environ if environ is None else environ
-        default = cls()
-        return cls(
-            timeout=env_float(env, "MAAS_RPC_DISCOVERY_TIMEOUT", default.timeout),
-            maxBytes=env_int(
-                env, "MAAS_RPC_DISCOVERY_MAX_BYTES", default.maxBytes, minimum=1024
-            ),
-            maxEventloops=env_int(
-                env,
-                "MAAS_RPC_DISCOVERY_MAX_EVENTLOOPS",
-                default.maxEventloops,
-                minimum=1,
-            ),
-            maxAddresses=env_int(
-                env, "MAAS_RPC_DISCOVERY_MAX_ADDRESSES", default.maxAddresses, minimum=1
-            ),
-            connectConcurrency=env_int(
-                env,
-                "MAAS_RPC_CONNECT_CONCURRENCY",
-                default.connectConcurrency,
-                minimum=1,
-            ),
+        return settings.readInto(
+            cls,
+            env,
+            {
+                "timeout": "MAAS_RPC_DISCOVERY_TIMEOUT",
+                "maxBytes": "MAAS_RPC_DISCOVERY_MAX_BYTES",
+                "maxEventloops": "MAAS_RPC_DISCOVERY_MAX_EVENTLOOPS",
+                "maxAddresses": "MAAS_RPC_DISCOVERY_MAX_ADDRESSES",
+                "connectConcurrency": "MAAS_RPC_CONNECT_CONCURRENCY",
+            },
         )
 
 

@@ -55,7 +55,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from provisioningserver.config import env_int
+from provisioningserver import settings
 
 __all__ = ["DEFAULT_LIMITS", "Limits"]
 
@@ -113,44 +113,25 @@ class Limits:
             positive whole number.
         """
         env = os.environ if environ is None else environ
-        return cls(
-            maxUnauthenticatedPerAddress=env_int(
-                env, "MAAS_RPC_MAX_UNAUTHENTICATED", 100, minimum=1
-            ),
-            maxOutstandingAsks=env_int(
-                env, "MAAS_RPC_MAX_OUTSTANDING", 1000, minimum=1
-            ),
-            maxUnsentBytes=env_int(
-                env, "MAAS_RPC_MAX_UNSENT", 64 * 1024 * 1024, minimum=65536
-            ),
-            maxValueBytes=env_int(
-                env, "MAAS_RPC_MAX_VALUE", 16 * 1024 * 1024, minimum=65535
-            ),
-            maxBoxBytes=env_int(
-                env, "MAAS_RPC_MAX_BOX", 32 * 1024 * 1024, minimum=65535
-            ),
-            maxKeys=env_int(env, "MAAS_RPC_MAX_KEYS", 1024, minimum=16),
-            maxUnauthenticatedBoxBytes=env_int(
-                env, "MAAS_RPC_MAX_UNAUTHENTICATED_BOX", 64 * 1024, minimum=4096
-            ),
-            maxUnauthenticatedKeys=env_int(
-                env, "MAAS_RPC_MAX_UNAUTHENTICATED_KEYS", 32, minimum=8
-            ),
-            maxUnauthenticatedAsks=env_int(
-                env, "MAAS_RPC_MAX_UNAUTHENTICATED_ASKS", 4, minimum=2
-            ),
-            maxUnauthenticatedListItems=env_int(
-                env, "MAAS_RPC_MAX_UNAUTHENTICATED_LIST_ITEMS", 256, minimum=1
-            ),
-            maxUnauthenticatedTotal=env_int(
-                env, "MAAS_RPC_MAX_UNAUTHENTICATED_TOTAL", 2000, minimum=1
-            ),
-            maxUnauthenticatedBytesTotal=env_int(
-                env,
-                "MAAS_RPC_MAX_UNAUTHENTICATED_BYTES",
-                32 * 1024 * 1024,
-                minimum=65536,
-            ),
+        return settings.readInto(
+            cls,
+            env,
+            {
+                "maxUnauthenticatedPerAddress": "MAAS_RPC_MAX_UNAUTHENTICATED",
+                "maxOutstandingAsks": "MAAS_RPC_MAX_OUTSTANDING",
+                "maxUnsentBytes": "MAAS_RPC_MAX_UNSENT",
+                "maxValueBytes": "MAAS_RPC_MAX_VALUE",
+                "maxBoxBytes": "MAAS_RPC_MAX_BOX",
+                "maxKeys": "MAAS_RPC_MAX_KEYS",
+                "maxUnauthenticatedBoxBytes": "MAAS_RPC_MAX_UNAUTHENTICATED_BOX",
+                "maxUnauthenticatedKeys": "MAAS_RPC_MAX_UNAUTHENTICATED_KEYS",
+                "maxUnauthenticatedAsks": "MAAS_RPC_MAX_UNAUTHENTICATED_ASKS",
+                "maxUnauthenticatedListItems": (
+                    "MAAS_RPC_MAX_UNAUTHENTICATED_LIST_ITEMS"
+                ),
+                "maxUnauthenticatedTotal": "MAAS_RPC_MAX_UNAUTHENTICATED_TOTAL",
+                "maxUnauthenticatedBytesTotal": "MAAS_RPC_MAX_UNAUTHENTICATED_BYTES",
+            },
         )
 
 

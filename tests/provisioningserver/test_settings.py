@@ -10,8 +10,10 @@ import io
 import pytest
 
 from maasserver.config import RegionConfig
+from maasserver.web import HTTPLimits
 from provisioningserver import settings
 from provisioningserver.config import ClusterConfig, ConfigError
+from provisioningserver.rpc.discovery import DiscoveryLimits
 from provisioningserver.rpc.limits import Limits
 
 
@@ -51,22 +53,6 @@ def test_internal_and_development_settings_have_no_flag():
         ("MAAS_RPC_POLL_CONNECTED", "poll_connected", ClusterConfig),
         ("MAAS_RPC_KEEPALIVE_INTERVAL", "keepalive_interval", ClusterConfig),
         ("MAAS_RPC_KEEPALIVE_TIMEOUT", "keepalive_timeout", ClusterConfig),
-        ("MAAS_RPC_MAX_UNAUTHENTICATED", "maxUnauthenticatedPerAddress", Limits),
-        ("MAAS_RPC_MAX_OUTSTANDING", "maxOutstandingAsks", Limits),
-        ("MAAS_RPC_MAX_UNSENT", "maxUnsentBytes", Limits),
-        ("MAAS_RPC_MAX_VALUE", "maxValueBytes", Limits),
-        ("MAAS_RPC_MAX_BOX", "maxBoxBytes", Limits),
-        ("MAAS_RPC_MAX_KEYS", "maxKeys", Limits),
-        ("MAAS_RPC_MAX_UNAUTHENTICATED_TOTAL", "maxUnauthenticatedTotal", Limits),
-        ("MAAS_RPC_MAX_UNAUTHENTICATED_BYTES", "maxUnauthenticatedBytesTotal", Limits),
-        ("MAAS_RPC_MAX_UNAUTHENTICATED_BOX", "maxUnauthenticatedBoxBytes", Limits),
-        ("MAAS_RPC_MAX_UNAUTHENTICATED_KEYS", "maxUnauthenticatedKeys", Limits),
-        ("MAAS_RPC_MAX_UNAUTHENTICATED_ASKS", "maxUnauthenticatedAsks", Limits),
-        (
-            "MAAS_RPC_MAX_UNAUTHENTICATED_LIST_ITEMS",
-            "maxUnauthenticatedListItems",
-            Limits,
-        ),
     ],
 )
 def test_documented_defaults_are_the_codes(name, field, config):
@@ -74,6 +60,57 @@ def test_documented_defaults_are_the_codes(name, field, config):
     documented = s.parse(s.default.split()[0])
     fields = {f.name: f.default for f in dataclasses.fields(config)}
     assert documented == fields[field], name
+
+
+def _documentedDefaults():
+    """Every setting whose documented default parses, set to it."""
+    env = {}
+    for s in settings.SETTINGS:
+        if not s.default:
+            continue
+        try:
+            s.parse(s.default.split()[0])
+        except settings.InvalidValue:
+            continue
+        env[s.name] = s.default.split()[0]
+    return env
+
+
+@pytest.mark.parametrize("limits", [Limits, HTTPLimits, DiscoveryLimits])
+def test_limits_documented_defaults_are_the_codes(limits):
+    # Each variable set to the table's documented default gives the
+    # dataclass's own defaults; a default changed in one place only fails.
+    env = _documentedDefaults()
+    assert {"MAAS_RPC_MAX_BOX", "MAAS_RPC_HTTP_TIMEOUT"} <= env.keys()
+    assert limits.from_env(env) == limits()
+
+
+@pytest.mark.parametrize(
+    ("limits", "name", "field", "text", "value", "refused"),
+    [
+        (
+            Limits,
+            "MAAS_RPC_MAX_UNAUTHENTICATED_LIST_ITEMS",
+            "maxUnauthenticatedListItems",
+            "7",
+            7,
+            "0",
+        ),
+        (HTTPLimits, "MAAS_RPC_HTTP_TIMEOUT", "timeout", "2.5", 2.5, "-1"),
+        (
+            DiscoveryLimits,
+            "MAAS_RPC_CONNECT_CONCURRENCY",
+            "connectConcurrency",
+            "3",
+            3,
+            "x",
+        ),
+    ],
+)
+def test_limits_read_through_the_table(limits, name, field, text, value, refused):
+    assert getattr(limits.from_env({name: text}), field) == value
+    with pytest.raises(ConfigError, match=name):
+        limits.from_env({name: refused})
 
 
 def test_ports_default_is_the_codes():

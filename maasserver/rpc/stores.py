@@ -558,7 +558,12 @@ class PostgreSQLAdvertisementStore(ThreadedAdvertisementStore):
     seconds (``connect_timeout``), dead peers are detected in about as long
     (TCP keepalives and ``tcp_user_timeout``), and they name themselves
     ``maas-rpc`` (``fallback_application_name``); each statement may run for
-    ``timeout`` seconds at most (``statement_timeout``).
+    ``timeout`` seconds at most (``statement_timeout``), and the server ends
+    a session whose client falls silent inside a transaction for as long
+    (``idle_in_transaction_session_timeout``). A host that vanishes in the
+    middle of a write therefore holds its rows' locks for ``timeout``
+    seconds at most, and :meth:`expire` passes over rows locked by another
+    transaction rather than waiting for them (they go at a later expiry).
 
     :param url: a libpq connection string: a ``postgresql://`` URL or
         ``key=value`` settings; libpq's ``PG*`` environment variables supply
@@ -678,14 +683,19 @@ class PostgreSQLAdvertisementStore(ThreadedAdvertisementStore):
         try:
             with connection.cursor() as cursor:
                 # The first statement starts the transaction.
+                # The server ends the session if this side falls silent
+                # inside the transaction for longer than the timeout (its
+                # host vanished, say), so its locks do not outlive it.
+                timeout = f"{round(self.timeout * 1000)}ms"
                 cursor.execute(
                     "SELECT set_config('statement_timeout', %s, true),"
+                    " set_config('idle_in_transaction_session_timeout', %s, true),"
                     " EXISTS (SELECT FROM pg_catalog.pg_class c"
                     " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
                     " WHERE n.nspname = %s AND c.relname = %s)",
-                    (f"{round(self.timeout * 1000)}ms", self.schema, self.table),
+                    (timeout, timeout, self.schema, self.table),
                 )
-                _, created = cursor.fetchone() or (None, False)
+                _, _, created = cursor.fetchone() or (None, None, False)
                 if write and not created:
                     self._create(cursor)
                     created = True
@@ -758,10 +768,16 @@ class PostgreSQLAdvertisementStore(ThreadedAdvertisementStore):
         def work(cursor: psycopg.Cursor[Any], created: bool) -> int:
             # Compared as numbers of seconds, so any max_age (even infinity)
             # works.
+            # Rows another transaction holds are passed over, not waited
+            # for: that transaction may belong to a host that vanished in
+            # the middle of refreshing them (its rows go at a later expiry,
+            # once the server has ended its session).
             cursor.execute(
                 self._sql(
-                    "DELETE FROM {table}"
+                    "DELETE FROM {table} WHERE (address, port) IN ("
+                    " SELECT address, port FROM {table}"
                     " WHERE extract(epoch FROM now() - updated)::float8 > %s"
+                    " FOR UPDATE SKIP LOCKED)"
                 ),
                 (max_age,),
             )

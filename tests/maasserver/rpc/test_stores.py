@@ -1042,6 +1042,101 @@ def test_postgresql_statements_time_out(postgresql: PostgreSQLDatabase) -> None:
     assert successResultOf(store.eventloops()) == {NAME_A: [("10.0.0.1", 5250)]}
 
 
+def test_postgresql_expire_passes_over_rows_a_vanished_writer_holds(
+    postgresql: PostgreSQLDatabase,
+) -> None:
+    # A region host that loses its network in the middle of refreshing its
+    # advertisement leaves its transaction open on the server, holding its
+    # rows' locks. The other hosts' expiry must not wait on those rows (each
+    # attempt would time out, and the dead host's rows would stay until the
+    # server noticed, hours later with default keepalives); it deletes what
+    # it can and the rest once the locks are released.
+    import psycopg
+
+    store = postgresql.store(FakeReactor(), timeout=2)
+    successResultOf(store.advertise(NAME_A, [("10.0.0.1", 5250)]))
+    successResultOf(store.advertise(NAME_B, [("10.0.0.2", 5250)]))
+    successResultOf(store.advertise("stale:pid=3", [("10.0.0.3", 5250)]))
+    postgresql.query(
+        "UPDATE {table} SET updated = now() - interval '1 hour' WHERE name <> %s",
+        (NAME_B,),
+    )
+    writer = psycopg.connect(postgresql.url)
+    try:
+        writer.execute(
+            psycopg.sql.SQL("SELECT 1 FROM {} WHERE name = %s FOR UPDATE").format(
+                psycopg.sql.Identifier(postgresql.schema, DEFAULT_POSTGRESQL_TABLE)
+            ),
+            (NAME_A,),
+        )
+        # The row nobody holds goes; the held one is passed over, not waited on.
+        assert successResultOf(store.expire(60)) == 1
+        assert set(successResultOf(store.eventloops())) == {NAME_A, NAME_B}
+    finally:
+        writer.rollback()
+        writer.close()
+    assert successResultOf(store.expire(60)) == 1
+    assert set(successResultOf(store.eventloops())) == {NAME_B}
+
+
+def test_postgresql_server_ends_a_transaction_its_client_abandoned(
+    postgresql: PostgreSQLDatabase,
+) -> None:
+    # The store's own transactions tell the server to end the session when
+    # it sits idle inside one for longer than the store's timeout: a writer
+    # that vanished mid-transaction (here: one that stops talking while
+    # holding its row) releases its locks within the timeout, not when the
+    # server's TCP keepalives give up on it.
+
+    abandoned = postgresql.store(FakeReactor(), timeout=1)
+    other = postgresql.store(FakeReactor(), timeout=1)
+    successResultOf(abandoned.advertise(NAME_A, [("10.0.0.1", 5250)]))
+    postgresql.query("UPDATE {table} SET updated = now() - interval '1 hour'")
+    holding = threading.Event()
+    release = threading.Event()
+    outcome: list[BaseException | None] = []
+    calls: list[int] = []
+
+    def work(cursor: Any, created: bool) -> None:
+        calls.append(1)
+        cursor.execute(
+            abandoned._sql("SELECT 1 FROM {table} WHERE name = %s FOR UPDATE"),
+            (NAME_A,),
+        )
+        holding.set()
+        release.wait(60)
+
+    def run() -> None:
+        try:
+            abandoned._run(True, work)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            outcome.append(error)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    started = time.monotonic()
+    try:
+        assert holding.wait(10)
+        deleted = 0
+        deadline = time.monotonic() + 30
+        while deleted == 0 and time.monotonic() < deadline:
+            deleted = successResultOf(other.expire(60))
+        released = time.monotonic() - started
+    finally:
+        release.set()
+        thread.join(30)
+    print(f"the abandoned transaction's row was expired after {released:.2f}s")
+    assert deleted == 1
+    # The server ended the abandoned session: when its client spoke again,
+    # the store found the connection closed and ran the work once more, on
+    # a new connection, where the row was already gone.
+    assert outcome == [None]
+    assert len(calls) == 2
+    assert successResultOf(abandoned.eventloops()) == {}
+
+
 def test_postgresql_rolls_back_a_failed_write(postgresql: PostgreSQLDatabase) -> None:
     import psycopg
 

@@ -226,25 +226,36 @@ class BedControl(Control):
 
     # Raw AMP on the bed's addresses.
 
-    def cmd_bed_raw_listen(self, interface: str, port: int = 0) -> dict[str, Any]:
-        """Listen for raw AMP on ``interface``."""
-        from benchmarks.raw import rawFactory
+    def cmd_bed_raw_listen(
+        self, interface: str, port: int = 0, tls: bool = False
+    ) -> dict[str, Any]:
+        """Listen for raw AMP on ``interface``, over TCP, or over TLS (the
+        secure channel's crypto: :func:`benchmarks.raw.tlsServerOptions`)
+        when ``tls``."""
+        from benchmarks.raw import rawFactory, tlsServerOptions
 
-        self.rawListening = self.reactor.listenTCP(
-            port, rawFactory(self.rawServers), interface=interface, backlog=4096
-        )
-        return {"port": self.rawListening.getHost().port}
+        factory = rawFactory(self.rawServers)
+        if tls:
+            listening = self.reactor.listenSSL(
+                port, factory, tlsServerOptions(), interface=interface, backlog=4096
+            )
+        else:
+            listening = self.reactor.listenTCP(
+                port, factory, interface=interface, backlog=4096
+            )
+        self.rawPorts.append(listening)
+        return {"port": listening.getHost().port}
 
     def cmd_bed_raw_connect(
-        self, targets: list[list[Any]], n: int, call: bool = True
+        self, targets: list[list[Any]], n: int, call: bool = True, tls: bool = False
     ) -> Deferred[Any]:
         """Open ``n`` raw AMP connections spread over ``targets`` (``[host,
-        port]`` pairs), making one call on each when ``call``; answer when
-        (monotonic) the last one was done."""
-        from twisted.internet.endpoints import TCP4ClientEndpoint
+        port]`` pairs), over TLS when ``tls``, making one call on each when
+        ``call``; answer when (monotonic) the last one was done."""
+        from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
         from twisted.protocols import amp
 
-        from benchmarks.raw import NAME, ORIGIN, RawEatCheez
+        from benchmarks.raw import NAME, ORIGIN, RawEatCheez, tlsClientOptions
 
         class _Factory(Factory):
             noisy = False
@@ -259,7 +270,9 @@ class BedControl(Control):
         attempts = []
         for i in range(n):
             host, port = targets[i % len(targets)]
-            endpoint = TCP4ClientEndpoint(self.reactor, host, port, timeout=30)
+            endpoint: Any = TCP4ClientEndpoint(self.reactor, host, port, timeout=30)
+            if tls:
+                endpoint = wrapClientTLS(tlsClientOptions(), endpoint)
             attempts.append(endpoint.connect(_Factory()).addCallback(connected))
         d = defer.gatherResults(attempts, consumeErrors=True)
         return d.addCallback(

@@ -17,9 +17,9 @@ Commands (``{"id": n, "cmd": name, ...}`` in; ``{"id": n, "ok": ...}`` out):
     ``getClientFor(uuid)`` then ``EatCheez`` for each of ``n`` clusters; the
     milliseconds of each.
 ``raw_connect`` / ``raw_fanout``
-    open raw AMP connections to ``targets``; then the same fan-out over
-    ``n`` of them, with ``blockingCallFromThread`` of a ``DeferredList`` of
-    ``callRemote`` (the baseline of benchmark P4).
+    open raw AMP connections to ``targets`` (over TLS with ``tls``); then
+    the same fan-out over ``n`` of them, with ``blockingCallFromThread`` of
+    a ``DeferredList`` of ``callRemote`` (the baseline of benchmark P4).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Probe:
     """The commands; see the module."""
 
     def __init__(self) -> None:
-        self.raw: list[Any] = []
+        self.raw: dict[bool, list[Any]] = {False: [], True: []}
 
     def cmd_ping(self) -> dict[str, Any]:
         return {"pid": os.getpid()}
@@ -84,32 +84,42 @@ class Probe:
             failed += n - len(results)
         return {"ms": samples, "failed": failed}
 
-    def cmd_raw_connect(self, targets: list[list[Any]], n: int) -> dict[str, Any]:
+    def cmd_raw_connect(
+        self, targets: list[list[Any]], n: int, tls: bool = False
+    ) -> dict[str, Any]:
         import crochet
         from twisted.internet import defer, reactor
-        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.endpoints import (
+            TCP4ClientEndpoint,
+            connectProtocol,
+            wrapClientTLS,
+        )
         from twisted.protocols import amp
+
+        from benchmarks.raw import tlsClientOptions
 
         @crochet.run_in_reactor
         def connect() -> Any:
             attempts = []
             for i in range(n):
                 host, port = targets[i % len(targets)]
-                endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=30)
+                endpoint: Any = TCP4ClientEndpoint(reactor, host, port, timeout=30)
+                if tls:
+                    endpoint = wrapClientTLS(tlsClientOptions(), endpoint)
                 attempts.append(connectProtocol(endpoint, amp.AMP()))
             return defer.gatherResults(attempts, consumeErrors=True)
 
-        self.raw.extend(connect().wait(120))
-        return {"connections": len(self.raw)}
+        self.raw[tls].extend(connect().wait(120))
+        return {"connections": len(self.raw[tls])}
 
-    def cmd_raw_fanout(self, n: int, fanouts: int) -> dict[str, Any]:
+    def cmd_raw_fanout(self, n: int, fanouts: int, tls: bool = False) -> dict[str, Any]:
         from twisted.internet import reactor
         from twisted.internet.threads import blockingCallFromThread
 
         from benchmarks.loops import fanout
         from benchmarks.raw import NAME, ORIGIN, RawEatCheez
 
-        protos = self.raw[:n]
+        protos = self.raw[tls][:n]
         samples = []
         failed = 0
         for _ in range(fanouts):

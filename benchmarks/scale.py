@@ -15,18 +15,21 @@ P8 (formation)
     seconds from starting N clusters (the region advertising) until every
     cluster is registered with every event-loop (N x 4 authenticated
     connections), in freshly started processes and again in warm ones.
-    Baseline: the same N x 4 raw AMP connections (stock ``amp.AMP``, no TLS,
-    no handshake) from 4 processes on the cluster hosts to 4 raw AMP
-    processes on the region host, one call on each.
+    Baselines: the same N x 4 raw AMP connections (stock ``amp.AMP``, no
+    handshake) from 4 processes on the cluster hosts to 4 raw AMP processes
+    on the region host, one call on each, over TLS (TLS 1.3, a throwaway
+    certificate: the secure channel's crypto; the figure's baseline) and
+    over plain TCP (the ``.tcp`` line).
 P9 (gather)
     p50 and p99 of ``gather()`` of one call to each of N clusters from one
     event-loop (the probe), from a thread that is not the reactor's.
-    Baseline: raw AMP fan-out from the same process to N raw AMP peers.
+    Baselines: raw AMP fan-out from the same process to N raw AMP peers,
+    over TLS and (``.tcp``) over TCP.
 P10 (memory)
     RSS growth per authenticated connection, region side (each event-loop
     gains N connections) and cluster side (each cluster process gains
-    N/4 x 4), freshly started and warm. Baseline: the raw AMP processes of
-    P8's baseline.
+    N/4 x 4), freshly started and warm. Baselines: the raw AMP processes of
+    P8's baselines.
 P11 (discovery and advertisement load)
     in steady state (default intervals: clusters poll every 30 s, ping
     every 30 s; event-loops refresh every 60 s), over a window: discovery
@@ -37,7 +40,7 @@ P11 (discovery and advertisement load)
     steady state.
 Handshake CPU
     CPU per authenticated connection during formation, each side (all the
-    processes of that side, over the formation). Baseline: P8's raw AMP
+    processes of that side, over the formation). Baselines: P8's raw AMP
     connections, each side.
 
 ``--plot DIR`` writes one SVG per figure (:mod:`benchmarks.svgplot`).
@@ -295,6 +298,7 @@ class Scale:
     def measure(self, setup: _Setup) -> dict[str, Any]:
         out: dict[str, Any] = {}
         out["raw"] = self.rawFormation(setup)
+        out["rawTLS"] = self.rawFormation(setup, tls=True)
         out["fresh"] = self.formation(setup, 0)
         self.dropClusters(setup)
         out["warm"] = self.formation(setup, 1)
@@ -302,10 +306,12 @@ class Scale:
         out["P11"] = self.steady(setup, measureRate=setup.n == max(self.sizes))
         return out
 
-    def rawFormation(self, setup: _Setup) -> dict[str, Any]:
-        """P8's and P10's baseline: N x 4 raw AMP connections, one call each."""
+    def rawFormation(self, setup: _Setup, tls: bool = False) -> dict[str, Any]:
+        """P8's, P10's and the handshake's baselines: N x 4 raw AMP
+        connections, one call each, over TCP, or over TLS when ``tls`` (in
+        the same processes, after the TCP ones)."""
         n = setup.n
-        ports = [s.request("bed_raw_listen", interface=REGION_ADDRESS)["port"]
+        ports = [s.request("bed_raw_listen", interface=REGION_ADDRESS, tls=tls)["port"]
                  for s in setup.rawServers]  # fmt: skip
         targets = [[REGION_ADDRESS, port] for port in ports]
         servers = [s.pid for s in setup.rawServers]
@@ -313,7 +319,7 @@ class Scale:
         server0, client0 = _Sample(servers), _Sample(clients)
         t0 = time.monotonic()
         for client in setup.rawClients:
-            client.send("bed_raw_connect", targets=targets, n=n, call=True)
+            client.send("bed_raw_connect", targets=targets, n=n, call=True, tls=tls)
         t1 = max(c.receive(180)["t"] for c in setup.rawClients)
         server, client = _Sample(servers), _Sample(clients)
         connections = n * CLUSTER_HOSTS
@@ -327,7 +333,8 @@ class Scale:
             "rssClientKiB": statistics.median(client.rssGrowth(client0)) / n / 1024,
         }
         self.say(
-            f"N={n}: raw AMP: {connections} connections in {result['seconds']:.2f} s"
+            f"N={n}: raw AMP over {'TLS' if tls else 'TCP'}: {connections} "
+            f"connections in {result['seconds']:.2f} s"
         )
         return result
 
@@ -399,23 +406,37 @@ class Scale:
         )
 
     def gather(self, setup: _Setup) -> dict[str, Any]:
-        """P9: gather() to N clusters against raw AMP fan-out to N peers."""
+        """P9: gather() to N clusters against raw AMP fan-out to N peers,
+        over TLS (the secure channel's crypto) and over TCP."""
         n = setup.n
-        ports = [c.request("bed_raw_listen", interface=f"10.250.2.{k + 1}")["port"]
-                 for k, c in enumerate(setup.rawClients)]  # fmt: skip
-        targets = [[f"10.250.2.{k + 1}", p] for k, p in enumerate(ports)]
-        setup.probe.request("raw_connect", targets=targets, n=n, timeout=180)
+        for tls in (False, True):
+            ports = [
+                c.request("bed_raw_listen", interface=f"10.250.2.{k + 1}", tls=tls)[
+                    "port"
+                ]
+                for k, c in enumerate(setup.rawClients)
+            ]
+            targets = [[f"10.250.2.{k + 1}", p] for k, p in enumerate(ports)]
+            setup.probe.request(
+                "raw_connect", targets=targets, n=n, tls=tls, timeout=180
+            )
+        commands = {
+            "ours": ("gather", {}),
+            "raw": ("raw_fanout", {"tls": False}),
+            "rawTLS": ("raw_fanout", {"tls": True}),
+        }
         # Warm-up, not counted.
-        setup.probe.request("gather", n=n, fanouts=3, timeout=180)
-        setup.probe.request("raw_fanout", n=n, fanouts=3, timeout=180)
-        trials: dict[str, list[dict[str, float]]] = {"ours": [], "raw": []}
+        for cmd, extra in commands.values():
+            setup.probe.request(cmd, n=n, fanouts=3, timeout=180, **extra)
+        names = list(commands)
+        trials: dict[str, list[dict[str, float]]] = {name: [] for name in names}
         failed = 0
         for trial in range(self.trials):
-            order = ["ours", "raw"] if trial % 2 == 0 else ["raw", "ours"]
-            for name in order:
-                cmd = "gather" if name == "ours" else "raw_fanout"
+            shift = trial % len(names)
+            for name in names[shift:] + names[:shift]:
+                cmd, extra = commands[name]
                 answer = setup.probe.request(
-                    cmd, n=n, fanouts=self.fanouts, timeout=600
+                    cmd, n=n, fanouts=self.fanouts, timeout=600, **extra
                 )
                 failed += answer["failed"]
                 ms = answer["ms"]
@@ -425,15 +446,13 @@ class Scale:
         if failed:
             self.errors.append(f"P9 at N={n}: {failed} calls failed")
         result = {
-            q: {
-                "ours": [t[q] for t in trials["ours"]],
-                "raw": [t[q] for t in trials["raw"]],
-            }
+            q: {name: [t[q] for t in trials[name]] for name in names}
             for q in ("p50", "p99")
         }
+        p50 = {name: statistics.median(result["p50"][name]) for name in names}
         self.say(
-            f"N={n}: gather p50 {statistics.median(result['p50']['ours']):.1f} ms, "
-            f"raw {statistics.median(result['p50']['raw']):.1f} ms"
+            f"N={n}: gather p50 {p50['ours']:.1f} ms, raw over TLS "
+            f"{p50['rawTLS']:.1f} ms, over TCP {p50['raw']:.1f} ms"
         )
         return result
 
@@ -524,6 +543,21 @@ def _base(values: list[float]) -> list[float]:
     return values if all(v > 0 for v in values) else []
 
 
+def _baselines(r: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], str]]:
+    """One N's baselines: ``(key suffix, name, raw formation, P9 key)``.
+
+    Raw AMP over TLS (the secure channel's crypto, which users run) is each
+    figure's baseline, and raw AMP over TCP a second line (``.tcp``); a
+    result saved before the TLS baseline existed has the TCP one only.
+    """
+    if "rawTLS" not in r:
+        return [("", "raw AMP", r["raw"], "raw")]
+    return [
+        ("", "raw AMP/TLS", r["rawTLS"], "rawTLS"),
+        (".tcp", "raw AMP/TCP", r["raw"], "raw"),
+    ]
+
+
 def figures(result: dict[str, Any]) -> list[Figure]:
     """The report's lines for a scale result, each against its baseline.
 
@@ -536,49 +570,54 @@ def figures(result: dict[str, Any]) -> list[Figure]:
     for n in sorted(byN):
         r = byN[n]
         last = n == max(byN)
+        bases = _baselines(r)
         for when in ("fresh", "warm"):
-            out.append(
-                Figure(
-                    f"P8.{n}.{when}",
-                    f"{n} clusters x {loops} event-loops formed, {when}",
-                    "s",
-                    False,
-                    [r[when]["seconds"]],
-                    "raw AMP",
-                    _base([r["raw"]["seconds"]]),
-                    absTarget=("<=", 15.0) if n == 1000 else None,
-                )
-            )
-        for q in ("p50", "p99"):
-            out.append(
-                Figure(
-                    f"P9.{n}.{q}",
-                    f"gather() to {n} clusters, {q}",
-                    "ms",
-                    False,
-                    r["P9"][q]["ours"],
-                    "raw AMP fan-out",
-                    _base(r["P9"][q]["raw"]),
-                    target=("<=", 1.1),
-                )
-            )
-        for side, ours, raw, rawName in (
-            ("region", "rssRegionKiB", "rssServerKiB", "raw server"),
-            ("cluster", "rssClusterKiB", "rssClientKiB", "raw client"),
-        ):
-            for when in ("fresh", "warm"):
+            for suffix, baseName, raw, _ in bases:
+                main = not suffix
                 out.append(
                     Figure(
-                        f"P10.{side}.{n}.{when}",
-                        f"RSS per conn, {side}, {when}",
-                        "KiB",
+                        f"P8.{n}.{when}{suffix}",
+                        f"{n} clusters x {loops} event-loops formed, {when}",
+                        "s",
                         False,
-                        [r[when][ours]],
-                        rawName,
-                        _base([r["raw"][raw]]),
-                        absTarget=("<=", 16.0),
+                        [r[when]["seconds"]],
+                        baseName,
+                        _base([raw["seconds"]]),
+                        absTarget=("<=", 15.0) if n == 1000 and main else None,
                     )
                 )
+        for q in ("p50", "p99"):
+            for suffix, baseName, _, key in bases:
+                out.append(
+                    Figure(
+                        f"P9.{n}.{q}{suffix}",
+                        f"gather() to {n} clusters, {q}",
+                        "ms",
+                        False,
+                        r["P9"][q]["ours"],
+                        f"{baseName} fan-out",
+                        _base(r["P9"][q][key]),
+                        target=None if suffix else ("<=", 1.1),
+                    )
+                )
+        for side, ours, rawKey, rawName in (
+            ("region", "rssRegionKiB", "rssServerKiB", "server"),
+            ("cluster", "rssClusterKiB", "rssClientKiB", "client"),
+        ):
+            for when in ("fresh", "warm"):
+                for suffix, baseName, raw, _ in bases:
+                    out.append(
+                        Figure(
+                            f"P10.{side}.{n}.{when}{suffix}",
+                            f"RSS per conn, {side}, {when}",
+                            "KiB",
+                            False,
+                            [r[when][ours]],
+                            f"{baseName} {rawName}",
+                            _base([raw[rawKey]]),
+                            absTarget=None if suffix else ("<=", 16.0),
+                        )
+                    )
         p11 = r["P11"]
         out.append(
             Figure(
@@ -611,21 +650,22 @@ def figures(result: dict[str, Any]) -> list[Figure]:
                     [p11["storeWritesPerSecond"]],
                 )
             )
-        for side, ours, raw, rawName in (
-            ("region", "cpuRegionMs", "cpuServerMs", "raw server"),
-            ("cluster", "cpuClusterMs", "cpuClientMs", "raw client"),
+        for side, ours, rawKey, rawName in (
+            ("region", "cpuRegionMs", "cpuServerMs", "server"),
+            ("cluster", "cpuClusterMs", "cpuClientMs", "client"),
         ):
-            out.append(
-                Figure(
-                    f"HS.{side}.{n}",
-                    f"CPU per authenticated conn, {side} (fresh, warm)",
-                    "ms",
-                    False,
-                    [r["fresh"][ours], r["warm"][ours]],
-                    rawName,
-                    _base([r["raw"][raw], r["raw"][raw]]),
+            for suffix, baseName, raw, _ in bases:
+                out.append(
+                    Figure(
+                        f"HS.{side}.{n}{suffix}",
+                        f"CPU per authenticated conn, {side} (fresh, warm)",
+                        "ms",
+                        False,
+                        [r["fresh"][ours], r["warm"][ours]],
+                        f"{baseName} {rawName}",
+                        _base([raw[rawKey], raw[rawKey]]),
+                    )
                 )
-            )
     failover = result.get("failover")
     if failover:
         for phase in failover["phases"]:

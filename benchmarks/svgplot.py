@@ -195,6 +195,25 @@ def scaleCharts(result: dict[str, Any]) -> dict[str, str]:
                 continue
         return Series(name, points, dashed)
 
+    # Raw AMP over TLS (the secure channel's crypto) where the run measured
+    # it, as well as over plain TCP.
+    tls = any("rawTLS" in v for v in byN.values())
+    tcpName = "raw AMP/TCP" if tls else "raw AMP"
+
+    def raws(name: str, get: Any) -> list[Series]:
+        """The baselines: ``get(raw formation or P9 quantile, key)``."""
+        out = [line(f"{tcpName} {name}(baseline)", lambda r: get(r, "raw"), True)]
+        if tls:
+            out.insert(
+                0,
+                line(
+                    f"raw AMP/TLS {name}(baseline)",
+                    lambda r: get(r, "rawTLS"),
+                    True,
+                ),
+            )
+        return out
+
     charts: dict[str, str] = {}
     first = sizes[0] if sizes else 1
     fresh0 = byN[first]["fresh"]["seconds"] if sizes else 0
@@ -205,7 +224,7 @@ def scaleCharts(result: dict[str, Any]) -> dict[str, str]:
         [
             line("maas-rpc, fresh", lambda r: r["fresh"]["seconds"]),
             line("maas-rpc, warm", lambda r: r["warm"]["seconds"]),
-            line("raw AMP (baseline)", lambda r: r["raw"]["seconds"], True),
+            *raws("", lambda r, k: r[k]["seconds"]),
             Series(
                 f"linear from N={first}",
                 [(n, fresh0 * n / first) for n in sizes],
@@ -221,13 +240,13 @@ def scaleCharts(result: dict[str, Any]) -> dict[str, str]:
         [
             line("maas-rpc p50", lambda r: r["P9"]["p50"]["ours"]),
             line("maas-rpc p99", lambda r: r["P9"]["p99"]["ours"]),
-            line("raw AMP p50 (baseline)", lambda r: r["P9"]["p50"]["raw"], True),
-            line("raw AMP p99 (baseline)", lambda r: r["P9"]["p99"]["raw"], True),
+            *raws("p50 ", lambda r, k: r["P9"]["p50"][k]),
+            *raws("p99 ", lambda r, k: r["P9"]["p99"][k]),
         ],
     )
     for side, ours, raw, rawName in (
-        ("region", "rssRegionKiB", "rssServerKiB", "raw AMP server"),
-        ("cluster", "rssClusterKiB", "rssClientKiB", "raw AMP client"),
+        ("region", "rssRegionKiB", "rssServerKiB", "server "),
+        ("cluster", "rssClusterKiB", "rssClientKiB", "client "),
     ):
         charts[f"p10-memory-{side}"] = lineChart(
             f"P10: RSS per authenticated connection, {side} side",
@@ -236,7 +255,7 @@ def scaleCharts(result: dict[str, Any]) -> dict[str, str]:
             [
                 line("maas-rpc, fresh", lambda r, k=ours: r["fresh"][k]),
                 line("maas-rpc, warm", lambda r, k=ours: r["warm"][k]),
-                line(f"{rawName} (baseline)", lambda r, k=raw: r["raw"][k], True),
+                *raws(rawName, lambda r, key, k=raw: r[key][k]),
             ],
             goals=[(16.0, "goal: 16 KiB")],
         )
@@ -263,8 +282,8 @@ def scaleCharts(result: dict[str, Any]) -> dict[str, str]:
         [
             line("region side", lambda r: r["fresh"]["cpuRegionMs"]),
             line("cluster side", lambda r: r["fresh"]["cpuClusterMs"]),
-            line("raw AMP server (baseline)", lambda r: r["raw"]["cpuServerMs"], True),
-            line("raw AMP client (baseline)", lambda r: r["raw"]["cpuClientMs"], True),
+            *raws("server ", lambda r, k: r[k]["cpuServerMs"]),
+            *raws("client ", lambda r, k: r[k]["cpuClientMs"]),
         ],
     )
     return charts

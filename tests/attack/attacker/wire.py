@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -216,10 +217,29 @@ def certificate() -> ssl.PrivateCertificate:
     return _certificate
 
 
-def _maximum(version: str | None) -> dict[str, Any]:
-    if version is None:
-        return {}
-    return {"lowerMaximumSecurityTo": getattr(ssl.TLSVersion, version)}
+class _Options(ssl.CertificateOptions):
+    """Twisted's options, with the highest TLS version set on the context.
+
+    Twisted 24.3's ``lowerMaximumSecurityTo=TLSv1_2`` also sets
+    ``OP_NO_TLSv1_2`` (fixed in later releases), leaving no version at all;
+    OpenSSL's own maximum means the same on every Twisted.
+
+    :param maximum: the highest TLS version offered (``"TLSv1_2"``), or
+        ``None`` for Twisted's default.
+    """
+
+    def __init__(self, maximum: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._maximum = _VERSIONS[maximum] if maximum is not None else None
+
+    def getContext(self) -> SSL.Context:
+        context = super().getContext()
+        if self._maximum is not None:
+            context.set_max_proto_version(self._maximum)
+        return context
+
+
+_VERSIONS = {"TLSv1_2": SSL.TLS1_2_VERSION, "TLSv1_3": SSL.TLS1_3_VERSION}
 
 
 def serverOptions(maximum: str | None = None) -> ssl.CertificateOptions:
@@ -229,10 +249,8 @@ def serverOptions(maximum: str | None = None) -> ssl.CertificateOptions:
         ``None`` for Twisted's default.
     """
     cert = certificate()
-    return ssl.CertificateOptions(
-        privateKey=cert.privateKey.original,
-        certificate=cert.original,
-        **_maximum(maximum),
+    return _Options(
+        maximum, privateKey=cert.privateKey.original, certificate=cert.original
     )
 
 
@@ -242,7 +260,7 @@ def clientOptions(maximum: str | None = None) -> ssl.CertificateOptions:
 
     :param maximum: as for :func:`serverOptions`.
     """
-    return ssl.CertificateOptions(**_maximum(maximum))
+    return _Options(maximum)
 
 
 # Connections.

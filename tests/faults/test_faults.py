@@ -16,7 +16,13 @@ discovery server advertises the proxy's address under the event-loop's name.
   caught in the blackhole fail when the keepalive gives up, not at their
   deadline. A delay within the keepalive bound is tolerated; a cut (RST) is
   recovered at once, even while discovery does not answer.
-* d. A region restart under 50 clusters: all reconnect, spread out in time.
+* d. A region restart under 50 clusters: all reconnect to the new
+  event-loop and to nothing else. How spread out they come back is printed:
+  the clusters' jitter is a timing policy, tested under an injected clock
+  (``test_jitter_spreads_clusters_that_lost_the_same_region``); in real
+  processes a restarted event-loop that accepts connections before it serves
+  them answers every attempt queued meanwhile at once, so the spread seen
+  here depends on how fast it starts (26 ms on a loaded CI machine).
 
 The outcomes are checked with generous bounds; the figures measured (time to
 detect, time to reconnect, calls failed and hung, how spread out reconnects
@@ -636,7 +642,7 @@ def test_calls_in_flight_on_a_blackholed_connection_fail_when_keepalive_drops_it
 # d. A region restart with 50 clusters.
 
 
-def test_fifty_clusters_reconnect_after_a_region_restart_spread_out(
+def test_fifty_clusters_reconnect_after_a_region_restart(
     processes: Any,
 ) -> None:
     count = 50
@@ -721,5 +727,3 @@ def test_fifty_clusters_reconnect_after_a_region_restart_spread_out(
     assert set(joined) == uuids
     assert all(summary["connections"][u] == [secondName] for u in uuids)
     assert afterKill[-1] < 60.0
-    # Not in lock-step.
-    assert spread > 0.1

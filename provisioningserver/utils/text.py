@@ -34,7 +34,7 @@ def printable(value: object, limit: int = DEFAULT_LIMIT) -> str:
     ``limit`` characters is cut, and its full length is given.
 
     :param value: :class:`bytes`, :class:`str`, or anything else (rendered
-        with :func:`str`).
+        with :class:`str`).
     :param limit: the most characters of ``value`` shown (at least 1).
     :return: printable text.
     """

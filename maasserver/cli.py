@@ -562,6 +562,19 @@ def _status(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         answers = [a for _, a in _ask("status", directory, {"op": "status"}, what)]
     except (ConfigError, ControlError) as error:
         return _error("status", str(error), 1)
+    # Both roles share the control protocol: a data directory of the other
+    # role answers too, in a shape of its own.
+    key, other, fix = (
+        ("cluster", "region event-loops", "without --cluster")
+        if args.cluster
+        else ("eventloop", "cluster processes", "with --cluster")
+    )
+    if any(key not in answer for answer in answers):
+        return _error(
+            "status",
+            f"the processes in {directory} are {other}: ask them {fix}",
+            1,
+        )
     if args.json:
         print(json.dumps(answers, indent=2, sort_keys=True))
     elif args.cluster:

@@ -14,6 +14,10 @@ during the build, offline, with nothing but :mod:`benchmarks.svgplot` and
 ``.. perf-meta::``
     One paragraph: the commit, the machine's limits, the run's length and
     load.
+``.. perf-defaults::``
+    The table of the default run's figures (P0-P7, ``python -m benchmarks
+    --json-out FILE``), from ``doc/performance-default.json``: each against
+    its baseline, with the goal and whether the run met it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from docutils.statemachine import StringList
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = HERE.parent / "performance-reference.json"
+DEFAULT = HERE.parent / "performance-default.json"
 
 
 @cache
@@ -148,9 +153,59 @@ class PerfMeta(Directive):
         return container.children
 
 
+class PerfDefaults(Directive):
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        env = self.state.document.settings.env
+        env.note_dependency(str(DEFAULT))
+        document = json.loads(DEFAULT.read_text())
+        meta = document.get("meta", {})
+        lines = [
+            f"Run of commit ``{meta.get('commit')}``, {meta.get('trials')} trials "
+            f"each (the median shown), {meta.get('total_seconds')} s in all, load "
+            f"average {meta.get('loadavg_before', ['?'])[0]} before.",
+            "",
+            ".. list-table::",
+            "   :header-rows: 1",
+            "   :widths: 12 40 10 12 20 10 12",
+            "",
+            "   * - Figure",
+            "     - What",
+            "     - Unit",
+            "     - maas-rpc",
+            "     - Baseline",
+            "     - Ratio",
+            "     - Goal met",
+        ]
+        for key, figure in document["figures"].items():
+            ours = figure["ours"]["median"]
+            base = "-"
+            if figure.get("baseline"):
+                median = _fmt(figure["baseline"]["median"])
+                base = f"{median} ({figure['baseline_name']})"
+            ratio = f"{figure['ratio']['median']:.2f}x" if figure.get("ratio") else "-"
+            met = {True: "yes", False: "**no**", None: ""}[figure.get("met")]
+            goals = [figure[k] for k in ("target", "abs_target") if figure.get(k)]
+            goal = f"{met} ({', '.join(goals)})" if goals else "-"
+            lines += [
+                f"   * - {key}",
+                f"     - {figure['what'].replace('*', '×')}",
+                f"     - {figure['unit']}",
+                f"     - {_fmt(ours)}",
+                f"     - {base}",
+                f"     - {ratio}",
+                f"     - {goal}",
+            ]
+        container = nodes.container()
+        self.state.nested_parse(StringList(lines, "<perf-defaults>"), 0, container)
+        return container.children
+
+
 def setup(app: Any) -> dict[str, Any]:
     """Register the directives."""
     app.add_directive("perf-figure", PerfFigure)
     app.add_directive("perf-table", PerfTable)
     app.add_directive("perf-meta", PerfMeta)
+    app.add_directive("perf-defaults", PerfDefaults)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

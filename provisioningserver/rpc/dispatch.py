@@ -24,7 +24,9 @@ documentation's "Differences from stock AMP":
 * **Draining**: after ``drain()``, new commands are refused with
   ``SHUTTING_DOWN``.
 * A failure of a command sent without wanting an answer is logged, and the
-  connection stays up (stock AMP closes it).
+  connection stays up (stock AMP closes it). A command name that is not
+  ASCII is answered as a command nobody answers (``UNHANDLED``); stock AMP
+  logs a traceback and closes the connection.
 
 The common path: for a command whose arguments are AMP's plain types and
 whose protocol class overrides none of the dispatch hooks
@@ -123,6 +125,20 @@ def _fastTable(cls: type) -> dict[bytes, tuple[CommandSpec, Any]] | None:
                 table[name] = (spec, func)
     _fastTables[cls] = table
     return table
+
+
+def _unhandledCommand(name: bytes) -> amp.RemoteAmpError:
+    """Stock AMP's answer to a command that no responder answers.
+
+    :param name: the command's name, as received.
+    :return: the non-fatal ``UNHANDLED`` error ``Unhandled Command: <name>``.
+    """
+    return amp.RemoteAmpError(
+        UNHANDLED,
+        f"Unhandled Command: {name!r}",
+        fatal=False,
+        local=Failure(amp.UnhandledCommand()),
+    )
 
 
 class DispatchingProtocol(BoxProtocol):
@@ -298,6 +314,12 @@ class DispatchingProtocol(BoxProtocol):
             error described in the module's documentation.
         """
         name = box[amp.COMMAND]
+        if not name.isascii():
+            # Stock AMP's locator cannot decode such a name: the exception
+            # escapes dataReceived, logs a traceback and closes the
+            # connection. No responder can have it, so it is answered as a
+            # command nobody answers.
+            return fail(_unhandledCommand(name))
         refusal = self._admit(name, box)
         if refusal is not None:
             return fail(refusal)

@@ -45,7 +45,7 @@ import socket
 from typing import Any
 
 from provisioningserver.rpc import exceptions
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -130,6 +130,16 @@ class ReferenceAMP(amp.AMP):
     # MAAS's RPCProtocol does it: by overriding dispatchCommand.
 
     def dispatchCommand(self, box: amp.AmpBox) -> Deferred[amp.AmpBox]:
+        name = box[amp.COMMAND]
+        if not name.isascii():  # (i) Stock's locator raises out of dataReceived.
+            return fail(
+                amp.RemoteAmpError(
+                    amp.UNHANDLED_ERROR_CODE,
+                    f"Unhandled Command: {name!r}",
+                    fatal=False,
+                    local=Failure(amp.UnhandledCommand()),
+                )
+            )
         d = super().dispatchCommand(box)
         d.addCallback(_mustSerialise)
         d.addErrback(self._undeclared, box)
@@ -186,7 +196,8 @@ class ReferenceAMP(amp.AMP):
     # unhandledError, or an exception out of dataReceived) for a command
     # without an ask that fails, an answer or error for an ask never sent
     # (or answered twice), a malformed error answer, and an answer that
-    # fails to parse and is left unhandled.
+    # fails to parse and is left unhandled. A command name that is not ASCII
+    # is answered as one nobody answers (stock: a traceback, and closed).
 
     def _commandReceived(self, box: amp.AmpBox) -> None:
         if amp.ASK in box:

@@ -469,6 +469,7 @@ def test_h_bounds_commands_in_progress() -> None:
 STRAY = {
     "command-without-ask-that-fails": amp.AmpBox(_command=b"Probe", n=b"seven"),
     "unknown-command-without-ask": amp.AmpBox(_command=b"Nope"),
+    "command-name-not-ascii": amp.AmpBox(_command=b"Pr\xe9be", _ask=b"1"),
     "answer-never-asked": amp.AmpBox(_answer=b"99", n=b"1"),
     "error-never-asked": amp.AmpBox(
         _error=b"99", _error_code=b"X", _error_description=b"x"

@@ -1225,15 +1225,19 @@ def test_region_refuses_commands_before_authentication(region: LiveRegion) -> No
         waitFor(lambda: needle in region.log.read_text(), f"{needle!r}")
         # Commands the region does not know at all are UNHANDLED, as stock
         # AMP answers them, whatever the handshake's state.
+        # So are names no responder can have (not ASCII), without a
+        # traceback (stock AMP's locator raises on them).
         for command, arguments in [
             (b"EatCheez", {"name": "Brie", "origin": "France"}),
             (b"Greet", {"name": "mallory"}),
+            (b"Gr\xe9et\x8a", {"name": "mallory"}),
         ]:
             with pytest.raises(RemoteError) as raised:
                 peer.call(command, **arguments)
             assert raised.value.code == b"UNHANDLED"
         # The handshake's own commands are still answered.
         assert peer.call(b"Identify")[b"ident"] == region.name.encode()
+    assert "UnicodeDecodeError" not in region.log.read_text()
 
 
 def test_region_refuses_its_own_challenge_reflected(region: LiveRegion) -> None:

@@ -1324,6 +1324,11 @@ def test_control_c_is_possible():
     """A wait in the main thread is interrupted by SIGINT at once."""
     code, output = _run_program(
         """
+        # As in a terminal: a job started in the background by a shell (or
+        # a CI runner) inherits SIGINT ignored, and Python then installs no
+        # handler of its own.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
         @asynchronous
         def never():
             return Deferred()

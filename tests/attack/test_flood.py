@@ -193,9 +193,11 @@ def test_a_flood_of_half_open_handshakes_is_capped_and_calls_go_on(
         # counted on the next line): a flood cannot fill the log.
         sources = {line.split(" with ", 1)[1].split(":", 1)[0] for line in timedOut}
         assert len(sources) >= len([n for n in admitted.values() if n]), sources
-        assert min(sum(admitted.values()), 10 * len(sources)) <= len(timedOut), len(
-            timedOut
-        )
+        # Each stage floods from an address of its own, and the burst is per
+        # address: how the total cap shared the admissions out between them
+        # (uneven under load) decides how many lines there are.
+        told = sum(min(n, 10) for n in admitted.values())
+        assert told <= len(timedOut), (len(timedOut), admitted)
         assert len(timedOut) <= 10 * len(sources), len(timedOut)
         assert harness.ran(bench.eventloop, "Tally") == []
         print(

@@ -53,6 +53,22 @@ def _fmt(value: float | None) -> str:
     return f"{value:.2f}"
 
 
+_COLUMNS = ("Figure", "What", "Unit", "maas-rpc", "Baseline", "Ratio", "Goal met")
+
+
+def _figureTable(rows: list[tuple[str, ...]], widths: str) -> list[str]:
+    """A ``list-table`` of figures: one row per figure, in :data:`_COLUMNS`."""
+    lines = [".. list-table::", "   :header-rows: 1", f"   :widths: {widths}", ""]
+    for row in [_COLUMNS, *rows]:
+        lines += [f"   * - {row[0]}", *(f"     - {cell}" for cell in row[1:])]
+    return lines
+
+
+def _goal(met: bool | None, goals: list[str]) -> str:
+    mark = {True: "yes", False: "**no**", None: ""}[met]
+    return f"{mark} ({', '.join(goals)})" if goals else "-"
+
+
 class PerfFigure(Directive):
     required_arguments = 1
     has_content = True
@@ -89,19 +105,7 @@ class PerfTable(Directive):
 
         env = self.state.document.settings.env
         env.note_dependency(str(REFERENCE))
-        lines = [
-            ".. list-table::",
-            "   :header-rows: 1",
-            "   :widths: 14 40 8 12 18 10 10",
-            "",
-            "   * - Figure",
-            "     - What",
-            "     - Unit",
-            "     - maas-rpc",
-            "     - Baseline",
-            "     - Ratio",
-            "     - Goal met",
-        ]
+        rows = []
         for f in figures(_reference()):
             ours = summary(f.ours)["median"]
             if f.baseline:
@@ -116,17 +120,10 @@ class PerfTable(Directive):
                 )
             if f.absTarget is not None:
                 goals.append(f"{f.absTarget[0]} {f.absTarget[1]:g} {f.unit}")
-            met = {True: "yes", False: "**no**", None: ""}[f.met()]
-            goal = f"{met} ({', '.join(goals)})" if goals else "-"
-            lines += [
-                f"   * - {f.key}",
-                f"     - {f.what.replace('*', '×')}",
-                f"     - {f.unit}",
-                f"     - {_fmt(ours)}",
-                f"     - {base}",
-                f"     - {ratio}",
-                f"     - {goal}",
-            ]
+            what = f.what.replace("*", "×")
+            goal = _goal(f.met(), goals)
+            rows.append((f.key, what, f.unit, _fmt(ours), base, ratio, goal))
+        lines = _figureTable(rows, "14 40 8 12 18 10 10")
         container = nodes.container()
         self.state.nested_parse(StringList(lines, "<perf-table>"), 0, container)
         return container.children
@@ -165,19 +162,8 @@ class PerfDefaults(Directive):
             f"Run of commit ``{meta.get('commit')}``, {meta.get('trials')} trials "
             f"each (the median shown), {meta.get('total_seconds')} s in all, load "
             f"average {meta.get('loadavg_before', ['?'])[0]} before.",
-            "",
-            ".. list-table::",
-            "   :header-rows: 1",
-            "   :widths: 12 40 10 12 20 10 12",
-            "",
-            "   * - Figure",
-            "     - What",
-            "     - Unit",
-            "     - maas-rpc",
-            "     - Baseline",
-            "     - Ratio",
-            "     - Goal met",
         ]
+        rows = []
         for key, figure in document["figures"].items():
             ours = figure["ours"]["median"]
             base = "-"
@@ -185,18 +171,11 @@ class PerfDefaults(Directive):
                 median = _fmt(figure["baseline"]["median"])
                 base = f"{median} ({figure['baseline_name']})"
             ratio = f"{figure['ratio']['median']:.2f}x" if figure.get("ratio") else "-"
-            met = {True: "yes", False: "**no**", None: ""}[figure.get("met")]
             goals = [figure[k] for k in ("target", "abs_target") if figure.get(k)]
-            goal = f"{met} ({', '.join(goals)})" if goals else "-"
-            lines += [
-                f"   * - {key}",
-                f"     - {figure['what'].replace('*', '×')}",
-                f"     - {figure['unit']}",
-                f"     - {_fmt(ours)}",
-                f"     - {base}",
-                f"     - {ratio}",
-                f"     - {goal}",
-            ]
+            what = figure["what"].replace("*", "×")
+            goal = _goal(figure.get("met"), goals)
+            rows.append((key, what, figure["unit"], _fmt(ours), base, ratio, goal))
+        lines += ["", *_figureTable(rows, "12 40 10 12 20 10 12")]
         container = nodes.container()
         self.state.nested_parse(StringList(lines, "<perf-defaults>"), 0, container)
         return container.children

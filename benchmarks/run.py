@@ -170,6 +170,7 @@ class Bench:
         from maasserver import eventloop
         from maasserver.config import RegionConfig
         from provisioningserver.security import get_or_create_shared_secret
+        from provisioningserver.utils.heap import freezeStartupHeap
 
         s = self.sizes
         logging.basicConfig(
@@ -233,6 +234,11 @@ class Bench:
         )
         client = self.ourClient()  # From this thread: the Client itself.
         self.tlsInUse = self.inReactor(self._tlsInUse, client)
+        # As maas-rpc's processes do once they serve; the raw AMP peers are
+        # left as stock Twisted runs them.
+        frozen = [w.request("freeze")["frozen"] for w in clusters]
+        frozen.append(freezeStartupHeap())
+        say(f"start-up heaps frozen (objects: {', '.join(map(str, frozen))})")
 
     def _connectRaw(self, ports: list[int], each: int, tls: bool = False) -> Any:
         from twisted.internet import defer, reactor

@@ -344,6 +344,13 @@ class Control(LineReceiver):
                 self.started.append(service)
         return {"t0": t0}
 
+    def cmd_freeze(self) -> dict[str, Any]:
+        """Freeze the heap as a ``maas-rpc cluster`` process does once it
+        serves (:func:`provisioningserver.utils.heap.freezeStartupHeap`)."""
+        from provisioningserver.utils.heap import freezeStartupHeap
+
+        return {"frozen": freezeStartupHeap()}
+
     def cmd_clusters_wait(
         self, perCluster: int, timeout: float = 60.0
     ) -> Deferred[Any]:

@@ -67,12 +67,13 @@ def runService(
     """Run a service tree on the global reactor until SIGTERM or Ctrl-C.
 
     Logs go to standard error (:func:`provisioningserver.logs.startLogging`).
-    Once ``ready`` fires, the line ``describe`` returns is logged and
+    Once ``ready`` fires, the line ``describe`` returns is logged,
     readiness is notified (``sd_notify``, or ``maas-rpc region``'s pipe;
-    :mod:`provisioningserver.systemd`). A failure to start is one line on
-    standard error (or, under ``maas-rpc region``, sent to it) and exit
-    status 1. On SIGTERM the services are stopped (draining first, when the
-    tree drains) before the reactor stops.
+    :mod:`provisioningserver.systemd`), and the start-up heap is frozen
+    (:func:`~provisioningserver.utils.heap.freezeStartupHeap`). A failure
+    to start is one line on standard error (or, under ``maas-rpc region``,
+    sent to it) and exit status 1. On SIGTERM the services are stopped
+    (draining first, when the tree drains) before the reactor stops.
 
     :param makeService: builds the service tree; called before the reactor
         starts.
@@ -93,6 +94,7 @@ def runService(
 
     from provisioningserver import logs, systemd
     from provisioningserver.config import ConfigError
+    from provisioningserver.utils.heap import freezeStartupHeap
 
     log = Logger(namespace=role or name)
     logs.startLogging(role or name.split()[-1], logLevel)
@@ -119,6 +121,10 @@ def runService(
         line = describe() if describe is not None else f"{name} started."
         log.info("{line}", line=line)
         systemd.notifyReady(line)
+        # What start-up built lives as long as the process: keep it out of
+        # every later full collection (provisioningserver.utils.heap).
+        frozen = freezeStartupHeap()
+        log.debug("Start-up heap frozen: {count} objects.", count=frozen)
 
     def start() -> None:
         try:

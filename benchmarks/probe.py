@@ -84,6 +84,12 @@ class Probe:
             failed += n - len(results)
         return {"ms": samples, "failed": failed}
 
+    def cmd_freeze(self) -> dict[str, Any]:
+        """Freeze the heap as ``maas-rpc eventloop`` does once it serves."""
+        from provisioningserver.utils.heap import freezeStartupHeap
+
+        return {"frozen": freezeStartupHeap()}
+
     def cmd_raw_connect(
         self, targets: list[list[Any]], n: int, tls: bool = False
     ) -> dict[str, Any]:

@@ -409,6 +409,10 @@ class Scale:
         """P9: gather() to N clusters against raw AMP fan-out to N peers,
         over TLS (the secure channel's crypto) and over TCP."""
         n = setup.n
+        # As maas-rpc's processes do once they serve (the region host's
+        # workers already have); the raw AMP peers are left as stock.
+        for process in [setup.probe, *setup.clusters]:
+            process.request("freeze")
         for tls in (False, True):
             ports = [
                 c.request("bed_raw_listen", interface=f"10.250.2.{k + 1}", tls=tls)[

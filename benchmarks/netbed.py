@@ -211,20 +211,7 @@ class Peer(Worker):
     def __init__(
         self, argv: list[str], name: str, logDir: Path, env: dict[str, str]
     ) -> None:
-        self.name = name
-        self.logPath = logDir / f"{name}.log"
-        self._log = self.logPath.open("wb")
-        self.popen = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-        )
-        self._buffer = b""
-        self._next = 0
-        self.pid = self.popen.pid
+        self._spawn(argv, name, logDir, env)
 
 
 class Host:

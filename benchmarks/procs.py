@@ -96,12 +96,19 @@ class Worker:
     def __init__(
         self, role: str, name: str, logDir: Path, module: str = "benchmarks.worker"
     ) -> None:
+        self._spawn([sys.executable, "-m", module, role], name, logDir, childEnv())
+
+    def _spawn(
+        self, argv: list[str], name: str, logDir: Path, env: dict[str, str]
+    ) -> None:
+        """Start ``argv``: JSON lines on its standard input and output, its
+        standard error in ``<logDir>/<name>.log``."""
         self.name = name
         self.logPath = logDir / f"{name}.log"
         self._log = self.logPath.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", module, role],
-            env=childEnv(),
+            argv,
+            env=env,
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

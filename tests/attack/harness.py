@@ -29,7 +29,6 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 import uuid as uuidlib
 from pathlib import Path
@@ -199,7 +198,7 @@ class _QuietServer(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class SignedDiscovery:
+class SignedDiscovery(faults.ThreadedHTTP):
     """An HTTP server on 127.0.0.1 answering ``GET <base>/rpc/`` with a
     signed discovery document naming whatever event-loops the test says.
 
@@ -245,22 +244,11 @@ class SignedDiscovery:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.maasURL = f"http://127.0.0.1:{self.server.server_address[1]}/MAAS"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
-        )
-        self.thread.start()
+        self._serve(Handler, _QuietServer)
 
     def point(self, name: str, host: str, port: int) -> None:
         """Advertise one event-loop, ``name``, at ``host:port``."""
         self.eventloops = {name: [[host, port]]}
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(BOUND)
 
 
 class Bench:

@@ -270,7 +270,7 @@ def test_a_churn_of_complete_tls_handshakes_leaves_calls_answered(
 
 
 def test_peers_hanging_up_at_once_cannot_flood_the_log(harness: Any, processes: Any):
-    """FINDING (fails on main): a peer that connects and hangs up at once
+    """FINDING (fixed; it failed before): a peer that connects and hangs up at once
     costs nothing (no TLS, no byte sent), yet the region writes one warning
     line for each ("Peer at <address> disconnected before the secure channel
     was up."): the repeat filter does not catch them, since each names

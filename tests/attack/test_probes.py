@@ -23,6 +23,7 @@ Afterwards the victim, pointed at the region itself, connects and answers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 REGION = {
@@ -71,26 +72,42 @@ INSIDE_TLS = {
 }
 
 
+def probe(
+    harness: Any,
+    processes: Any,
+    bench: Any,
+    regionVariants: Iterable[str],
+    clusterVariants: Iterable[str],
+) -> tuple[str, Any, Any]:
+    """Start a victim cluster and a probing attacker that it discovers in
+    place of the region, and wait until every probe of both sides is done.
+
+    :return: the victim's UUID, the victim and the attacker.
+    """
+    victimUUID, victim, victimDir = bench.victim()
+    attacker = harness.Attacker(
+        processes,
+        [
+            "probe",
+            "--region",
+            f"127.0.0.1:{bench.port}",
+            "--region-variants",
+            ",".join(regionVariants),
+            "--cluster-variants",
+            ",".join(clusterVariants),
+        ],
+        secrets=harness.secretsOf(bench.region, victimDir),
+    )
+    bench.discovery.point(bench.name, "127.0.0.1", attacker.port())
+    attacker.waitEvent("region-probes-done")
+    attacker.waitEvent("cluster-probes-done")
+    return victimUUID, victim, attacker
+
+
 def test_probes_of_the_secure_channel_are_refused(harness: Any, processes: Any):
     with harness.Bench(processes) as bench:
-        victimUUID, victim, victimDir = bench.victim()
-        attacker = harness.Attacker(
-            processes,
-            [
-                "probe",
-                "--region",
-                f"127.0.0.1:{bench.port}",
-                "--region-variants",
-                ",".join(REGION),
-                "--cluster-variants",
-                ",".join(CLUSTER),
-            ],
-            secrets=harness.secretsOf(bench.region, victimDir),
-        )
+        victimUUID, victim, attacker = probe(harness, processes, bench, REGION, CLUSTER)
         attackerPort = attacker.port()
-        bench.discovery.point(bench.name, "127.0.0.1", attackerPort)
-        attacker.waitEvent("region-probes-done")
-        attacker.waitEvent("cluster-probes-done")
         regionLog, victimLog = bench.eventloop.log(), victim.log()
         said = []
 
@@ -160,7 +177,7 @@ def test_probes_of_the_secure_channel_are_refused(harness: Any, processes: Any):
 
 
 def test_a_peers_error_text_is_logged_escaped_and_bounded(harness: Any, processes: Any):
-    """FINDING (fails on main, on the region): an attacker without the
+    """FINDING (fixed; it failed before, on the region): an attacker without the
     secret, once TLS is up, answers the challenge with the declared error
     ``ChallengeRefused`` and a description of its own: a newline, a forged
     log line ("Cluster ... registered (secure)."), a terminal escape, 20,000
@@ -174,23 +191,9 @@ def test_a_peers_error_text_is_logged_escaped_and_bounded(harness: Any, processe
     (its "Could not connect ..." and "Handshake with region ... failed"
     lines) is checked too, and holds since the hostile-io merge."""
     with harness.Bench(processes) as bench:
-        victimUUID, victim, victimDir = bench.victim()
-        attacker = harness.Attacker(
-            processes,
-            [
-                "probe",
-                "--region",
-                f"127.0.0.1:{bench.port}",
-                "--region-variants",
-                "error-text",
-                "--cluster-variants",
-                "error-text",
-            ],
-            secrets=harness.secretsOf(bench.region, victimDir),
+        victimUUID, victim, attacker = probe(
+            harness, processes, bench, ["error-text"], ["error-text"]
         )
-        bench.discovery.point(bench.name, "127.0.0.1", attacker.port())
-        attacker.waitEvent("region-probes-done")
-        attacker.waitEvent("cluster-probes-done")
         local = attacker.waitEvent("probe-connected", side="region")["local"]
         refused = {
             "region": f"Authentication of cluster at 127.0.0.1:{local} failed",
@@ -223,7 +226,7 @@ def test_a_peers_error_text_is_logged_escaped_and_bounded(harness: Any, processe
 def test_a_malformed_answer_in_the_handshake_is_one_line_without_traceback(
     harness: Any, processes: Any
 ):
-    """FINDING (fails on main): an attacker without the secret, once TLS is
+    """FINDING (fixed; it failed before): an attacker without the secret, once TLS is
     up, answers the handshake's ``Identify`` (on the region) or
     ``Authenticate`` (on the victim cluster) with an answer box that lacks
     the declared values. The handshake is refused, but each side logs it at
@@ -234,24 +237,10 @@ def test_a_malformed_answer_in_the_handshake_is_one_line_without_traceback(
     tracebacks for peer misbehaviour): one warning line with the peer's
     address saying the answer was malformed."""
     with harness.Bench(processes) as bench:
-        victimUUID, victim, victimDir = bench.victim()
-        attacker = harness.Attacker(
-            processes,
-            [
-                "probe",
-                "--region",
-                f"127.0.0.1:{bench.port}",
-                "--region-variants",
-                "malformed-answer",
-                "--cluster-variants",
-                "malformed-answer",
-            ],
-            secrets=harness.secretsOf(bench.region, victimDir),
+        victimUUID, victim, attacker = probe(
+            harness, processes, bench, ["malformed-answer"], ["malformed-answer"]
         )
         attackerPort = attacker.port()
-        bench.discovery.point(bench.name, "127.0.0.1", attackerPort)
-        attacker.waitEvent("region-probes-done")
-        attacker.waitEvent("cluster-probes-done")
         local = attacker.waitEvent("probe-connected", side="region")["local"]
         peers = {"region": f"127.0.0.1:{local}", "cluster": f"127.0.0.1:{attackerPort}"}
         problems = []

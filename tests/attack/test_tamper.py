@@ -176,7 +176,7 @@ def test_a_flipped_length_byte_drops_the_connection_and_nothing_runs(
 
 @pytest.mark.parametrize("direction", ["to-cluster", "to-region"])
 def test_a_tampered_record_is_logged_as_such(direction: str, tampering: Any):
-    """FINDING (fails on main): the side whose TLS refuses a tampered record
+    """FINDING (fixed; it failed before): the side whose TLS refuses a tampered record
     drops the connection but logs only that it was lost ("Lost connection to
     region event-loop ...", "Cluster ... disconnected.", at info level),
     never why: an operator cannot tell an attack on the path from a network

@@ -375,7 +375,35 @@ class Driver:
         return summary[0]
 
 
-class FakeDiscovery:
+class ThreadedHTTP:
+    """An HTTP server on ``127.0.0.1`` in a thread of its own.
+
+    :ivar maasURL: the base URL to give clusters as ``MAAS_URL``.
+    """
+
+    def _serve(
+        self,
+        handler: type[http.server.BaseHTTPRequestHandler],
+        serverClass: type[http.server.ThreadingHTTPServer] = (
+            http.server.ThreadingHTTPServer
+        ),
+    ) -> None:
+        """Start serving with ``handler``, on a free port."""
+        self.server = serverClass(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.maasURL = f"http://127.0.0.1:{self.server.server_address[1]}/MAAS"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(BOUND)
+
+
+class FakeDiscovery(ThreadedHTTP):
     """An HTTP server on ``127.0.0.1`` answering ``GET <anything>/rpc/`` with
     ``{"eventloops": <eventloops>, "mac": ...}`` signed with ``secret``, in a
     thread of its own.
@@ -420,18 +448,7 @@ class FakeDiscovery:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.maasURL = f"http://127.0.0.1:{self.server.server_address[1]}/MAAS"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
-        )
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(BOUND)
+        self._serve(Handler)
 
 
 def clusterEnv(

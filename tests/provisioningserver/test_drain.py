@@ -31,6 +31,36 @@ def test_drain_waits_for_calls_in_progress():
     assert not clock.getDelayedCalls()
 
 
+class Failing:
+    def __init__(self, error: Exception, later: bool) -> None:
+        self.error, self.later = error, later
+        self.done: Deferred[None] = Deferred()
+
+    def drain(self) -> Deferred[None]:
+        if not self.later:
+            raise self.error
+        return self.done
+
+
+def test_a_drain_that_fails_is_logged_and_the_others_go_on(logged):
+    clock = Clock()
+    now = Failing(ValueError("at once"), later=False)
+    later = Failing(ValueError("later"), later=True)
+    ok = Conn()
+    d = drainConnections([now, later, ok], 10, clock)
+    assert ok.drained == 1
+    later.done.errback(later.error)
+    assert not d.called
+    ok.done.callback(None)
+    assert d.result == 0
+    failed = logged.lines("Draining a connection failed.")
+    assert len(failed) == 2, failed
+    assert [e["log_failure"].value for e in logged if "log_failure" in e] == [
+        now.error,
+        later.error,
+    ]
+
+
 def test_drain_gives_up_after_the_bound():
     clock = Clock()
     a = Conn()

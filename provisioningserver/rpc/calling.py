@@ -57,8 +57,6 @@ __all__ = ["CallingProtocol", "remoteError"]
 
 log = Logger()
 
-_MAX_VALUE = amp.MAX_VALUE_LENGTH
-
 
 def remoteError(code: bytes, description: str) -> Exception:
     """The exception a caller gets for an error answer that its command

@@ -328,15 +328,6 @@ class RPCProtocol(CallingProtocol):
         self._rpcDeadlines = None
         self.onConnectionLost.callback(None)
 
-    def disconnect(self) -> None:
-        """Close the connection, if it is open, once pending output is sent."""
-        transport = self.transport
-        if transport is not None:
-            # A registered producer holds a TLS transport open (it waits for
-            # the producer before sending close_notify).
-            transport.unregisterProducer()  # type: ignore[attr-defined]
-            transport.loseConnection()
-
     def _errorReceived(self, box: amp.AmpBox) -> None:
         self.callsFailed += 1
         super()._errorReceived(box)

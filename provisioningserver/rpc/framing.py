@@ -150,11 +150,6 @@ class ClosingTransport:
         object.__setattr__(self, "write", transport.write)
         object.__setattr__(self, "writeSequence", transport.writeSequence)
 
-    @property
-    def wrapped(self) -> Any:
-        """The real transport."""
-        return self._real
-
     def loseConnection(self) -> None:
         """Stop being produced for, then close once pending output is sent
         (see :meth:`twisted.internet.interfaces.ITransport.loseConnection`)."""
@@ -320,10 +315,7 @@ class BoxProtocol(amp.AMP):
         if limiter is None:
             log.emit(level, format, **kwargs)
         else:
-            limiter.emit(level, (kind, self._peerHost()), format, **kwargs)
-
-    def _peerHost(self) -> str:
-        return self._peerHostName
+            limiter.emit(level, (kind, self._peerHostName), format, **kwargs)
 
     # Connection.
 

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from provisioningserver.rpc.channel import LEGACY, boundDigest
 from provisioningserver.rpc.exceptions import AuthenticationFailed, ChallengeRefused
@@ -63,8 +62,6 @@ __all__ = [
     "isOwnChallenge",
     "makeChallenge",
 ]
-
-log = Logger()
 
 #: The length of the ``message`` a challenger sends.
 CHALLENGE_BYTES = 16
@@ -261,20 +258,14 @@ class HandshakeDeadline:
 
     def _expired(self) -> None:
         proto, self._proto = self._proto, None
-        warn = getattr(proto, "peerWarn", None)
-        fields = {
-            "what": self._what,
-            "peer": peerAddress(proto),
-            "timeout": self._timeout,
-        }
-        text = (
+        proto.peerWarn(
+            "deadline",
             "{what} with {peer} did not complete within {timeout} seconds; "
-            "dropping the connection."
+            "dropping the connection.",
+            what=self._what,
+            peer=peerAddress(proto),
+            timeout=self._timeout,
         )
-        if warn is not None:
-            warn("deadline", text, **fields)
-        else:
-            log.warn(text, **fields)
         proto.abort()
 
     @property

@@ -24,17 +24,14 @@ The decision is made once per command class and remembered.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import Any
 
+from provisioningserver.rpc.framing import keyPrefix, serializeLayout
 from provisioningserver.rpc.twistedprivate import wireNameToPythonIdentifier
 from provisioningserver.twisted.protocols import amp
 
 __all__ = ["CommandSpec", "specFor"]
-
-_pack = struct.Struct(">H").pack
-_MAX_VALUE = amp.MAX_VALUE_LENGTH
 
 #: Argument types whose conversion does not depend on the protocol, so they
 #: can be precompiled. Exact types only: a subclass may override anything.
@@ -91,11 +88,12 @@ class CommandSpec:
         # A call box's keys in the order AMP serialises them (sorted), with
         # their length-prefixed wire form: the arguments, _ask and _command.
         keys = sorted({wire for wire, *_ in self.arguments} | {amp.ASK, amp.COMMAND})
-        self._callLayout: list[tuple[bytes, bytes]] | None = [
-            (key, _pack(len(key)) + key) for key in keys
-        ]
-        if any(len(key) > amp.MAX_KEY_LENGTH for key in keys):
-            self._callLayout = None  # Stock AMP's TooLong, on the general path.
+        # A key too long means stock AMP's TooLong, on the general path.
+        self._callLayout: list[tuple[bytes, bytes]] | None = (
+            None
+            if any(len(key) > amp.MAX_KEY_LENGTH for key in keys)
+            else [(key, keyPrefix(key)) for key in keys]
+        )
 
     @staticmethod
     def _fields(declared: list[tuple[bytes, amp.Argument]]) -> list[Field]:
@@ -147,20 +145,7 @@ class CommandSpec:
         layout = self._callLayout
         if layout is None:
             return None
-        parts: list[bytes] = []
-        append = parts.append
-        get = args.get
-        for key, prefix in layout:
-            value = get(key)
-            if value is None:
-                continue
-            if type(value) is not bytes or len(value) > _MAX_VALUE:
-                return None
-            append(prefix)
-            append(_pack(len(value)))
-            append(value)
-        append(b"\x00\x00")
-        return b"".join(parts)
+        return serializeLayout(layout, args)
 
     def decodeArguments(self, box: dict[bytes, bytes]) -> dict[str, Any]:
         """Decode a received call's arguments.

@@ -56,8 +56,10 @@ __all__ = [
     "ENTRY_OVERHEAD",
     "BoxProtocol",
     "ClosingTransport",
+    "keyPrefix",
     "peerAddress",
     "serializeBox",
+    "serializeLayout",
 ]
 
 log = Logger()
@@ -72,7 +74,12 @@ _pack = struct.Struct(">H").pack
 _keyPrefixes: dict[bytes, bytes] = {}
 
 
-def _keyPrefix(key: bytes) -> bytes:
+def keyPrefix(key: bytes) -> bytes:
+    """A box key's wire form: its 16-bit length, then the key (cached).
+
+    :param key: the key.
+    :return: the prefix that precedes its value on the wire.
+    """
     prefix = _keyPrefixes.get(key)
     if prefix is None:
         prefix = _pack(len(key)) + key
@@ -107,7 +114,35 @@ def serializeBox(box: dict[bytes, bytes]) -> bytes:
             raise amp.TooLong(True, True, key, None)
         if len(value) > _MAX_VALUE:
             raise amp.TooLong(False, True, value, key)
-        append(_keyPrefix(key))
+        append(keyPrefix(key))
+        append(_pack(len(value)))
+        append(value)
+    append(b"\x00\x00")
+    return b"".join(parts)
+
+
+def serializeLayout(
+    layout: list[tuple[bytes, bytes]], box: dict[bytes, bytes]
+) -> bytes | None:
+    """Serialise a box as :func:`serializeBox` does, in a precomputed order.
+
+    :param layout: every key the box may hold, sorted, each with its wire
+        prefix (:func:`keyPrefix`); keys absent from the box are skipped.
+    :param box: keys and values.
+    :return: the wire encoding, or ``None`` when a value is not
+        :class:`bytes` or is longer than AMP allows (for the caller to take
+        :func:`serializeBox`'s path, which raises stock AMP's error).
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    get = box.get
+    for key, prefix in layout:
+        value = get(key)
+        if value is None:
+            continue
+        if type(value) is not bytes or len(value) > _MAX_VALUE:
+            return None
+        append(prefix)
         append(_pack(len(value)))
         append(value)
     append(b"\x00\x00")

@@ -56,6 +56,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from provisioningserver.logs import emitWorkerLine
+from provisioningserver.utils.twisted import resolveReactor
 
 __all__ = ["HTTP_FD", "NOTIFY_FD", "Supervisor", "Worker", "listeningSocket"]
 
@@ -261,11 +262,7 @@ class Supervisor(Service):
     @property
     def clock(self) -> Any:
         """The reactor."""
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self._reactor
+        return resolveReactor(self._reactor)
 
     def startService(self) -> None:
         """Start every worker."""

@@ -43,6 +43,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
+from provisioningserver.utils.twisted import resolveReactor
+
 __all__ = [
     "ControlError",
     "ControlService",
@@ -168,9 +170,7 @@ class ControlService(Service):
 
         :raises OSError: when the directory cannot be created.
         """
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = resolveReactor(self._reactor)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         self.path.unlink(missing_ok=True)

@@ -20,6 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from provisioningserver.utils.twisted import resolveReactor
+
 __all__ = ["DrainingMultiService", "drainConnections"]
 
 log = Logger()
@@ -118,9 +120,7 @@ class DrainingMultiService(MultiService):
 
         :return: a Deferred that fires once every child has stopped.
         """
-        clock = self._clock
-        if clock is None:
-            from twisted.internet import reactor as clock
+        clock = resolveReactor(self._clock)
         timeout = self.timeout() if callable(self.timeout) else self.timeout
         d = drainConnections(self.connections(), timeout, clock)
         return d.addCallback(lambda _: MultiService.stopService(self))

@@ -57,6 +57,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from provisioningserver.utils.twisted import resolveReactor
+
 __all__ = [
     "BUCKETS",
     "MetricsResource",
@@ -386,9 +388,7 @@ class MetricsService(Service):
         :raises twisted.internet.error.CannotListenError: when the port is
             taken.
         """
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = resolveReactor(self._reactor)
         root = Resource()
         root.putChild(b"metrics", MetricsResource(self.registry))
         site = Site(root)

@@ -35,7 +35,11 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from provisioningserver.utils.twisted import isInReactorThread, synchronous
+from provisioningserver.utils.twisted import (
+    isInReactorThread,
+    resolveReactor,
+    synchronous,
+)
 
 __all__ = [
     "AlreadyIterated",
@@ -49,15 +53,6 @@ __all__ = [
 T = TypeVar("T")
 
 log = Logger()
-
-
-def _resolveReactor(reactor: Any) -> Any:
-    """Return ``reactor``, or the global reactor when it is ``None``."""
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        return global_reactor
-    return reactor
 
 
 class AlreadyIterated(RuntimeError):
@@ -286,7 +281,7 @@ def gather(
     calls = list(calls)
     results: queue.Queue[Any] = queue.Queue()
     if calls:
-        reactor = _resolveReactor(reactor)
+        reactor = resolveReactor(reactor)
         gathering = _Gathering(calls, results, timeout, reactor)
         reactor.callFromThread(gathering.start)
     else:
@@ -374,7 +369,7 @@ class DeferredHooks(threading.local):
         :return: ``None``, once every hook has run.
         :raises AssertionError: when called in the reactor thread.
         """
-        reactor = _resolveReactor(self._reactor)
+        reactor = resolveReactor(self._reactor)
         try:
             while self.hooks:
                 hook = self.hooks.popleft()
@@ -412,7 +407,7 @@ class DeferredHooks(threading.local):
         if isInReactorThread():
             self._cancelInReactor(hooks)
         else:
-            reactor = _resolveReactor(self._reactor)
+            reactor = resolveReactor(self._reactor)
             blockingCallFromThread(reactor, self._cancelInReactor, hooks)
 
     @staticmethod

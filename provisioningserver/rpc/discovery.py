@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
 from provisioningserver import settings
+from provisioningserver.utils.twisted import resolveReactor
 
 __all__ = [
     "MAC_CONTEXT",
@@ -495,9 +496,7 @@ class DiscoveryFetcher:
         if self._agent is None:
             from twisted.web.client import Agent, HTTPConnectionPool
 
-            reactor = self._reactor
-            if reactor is None:
-                from twisted.internet import reactor
+            reactor = resolveReactor(self._reactor)
             self._agent = Agent.usingEndpointFactory(
                 reactor,
                 _QuietEndpoints(reactor, self.connectTimeout),

@@ -16,6 +16,8 @@ from typing import Any
 
 from twisted.logger import Logger, LogLevel
 
+from provisioningserver.utils.twisted import resolveReactor
+
 __all__ = ["DEFAULT_INTERVAL", "LogLimiter"]
 
 #: Seconds between two log lines about the same problem.
@@ -54,10 +56,7 @@ class LogLimiter:
         self._seen: dict[Hashable, list[float]] = {}
 
     def _now(self) -> float:
-        clock = self._clock
-        if clock is None:
-            from twisted.internet import reactor as clock
-        return float(clock.seconds())
+        return float(resolveReactor(self._clock).seconds())
 
     def emit(self, level: LogLevel, key: Hashable, format: str, **kwargs: Any) -> bool:  # noqa: A002 - Twisted's name
         """Log ``format`` at ``level`` unless ``key`` was already logged

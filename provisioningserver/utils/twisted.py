@@ -70,6 +70,7 @@ __all__ = [
     "deferred",
     "isInReactorThread",
     "pause",
+    "resolveReactor",
     "retries",
     "synchronous",
 ]
@@ -101,11 +102,14 @@ class ISynchronous(Interface):
 _globalReactor: Any = None
 
 
-def _reactor(clock: Any = None) -> Any:
+def resolveReactor(clock: Any = None) -> Any:
     """Return ``clock``, or the global reactor when it is ``None``.
 
     The global reactor is imported (installing the default one if none is)
     on first use, not when this module is imported.
+
+    :param clock: a reactor (or a clock), or ``None``.
+    :return: ``clock``, or the global reactor.
     """
     if clock is not None:
         return clock
@@ -171,7 +175,7 @@ def asynchronous(func: Callable[..., Any] | None = None, *, timeout: Any = None)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if threadable.isInIOThread():
             return func(*args, **kwargs)
-        reactor = _reactor()
+        reactor = resolveReactor()
         if not reactor.running and threadable.ioThread is None:
             # No reactor has run in this process (a script that does not use
             # one): call through. Once one has, calls are handed over, and
@@ -505,7 +509,7 @@ def synchronous(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if isInReactorThread() and _reactor().running:
+        if isInReactorThread() and resolveReactor().running:
             raise AssertionError(
                 f"{func.__qualname__} may block and must not be called in the "
                 "reactor thread; call it from another thread"
@@ -567,7 +571,7 @@ def deferWithTimeout(
     """
     d = maybeDeferred(func, *args, **kwargs)
     if timeout is not None and timeout > 0:
-        d.addTimeout(timeout, _reactor(clock))
+        d.addTimeout(timeout, resolveReactor(clock))
     return d
 
 
@@ -580,7 +584,7 @@ def pause(duration: float, clock: Any = None) -> Deferred[None]:
     :param clock: the clock to wait on; the global reactor when ``None``.
     :return: a cancellable Deferred.
     """
-    clock = _reactor(clock)
+    clock = resolveReactor(clock)
 
     def cancel(d: Deferred[None]) -> None:
         if call.active():
@@ -609,7 +613,7 @@ def retries(
     """
     if intervals <= 0:
         raise ValueError(f"intervals must be positive; not {intervals!r}")
-    clock = _reactor(clock)
+    clock = resolveReactor(clock)
     start = clock.seconds()
     end = start + timeout
     while True:
@@ -692,5 +696,5 @@ class DeferredValue:
         d: Deferred[Any] = Deferred(forget)
         self._waiters.append(d)
         if timeout is not None:
-            d.addTimeout(timeout, _reactor(clock))
+            d.addTimeout(timeout, resolveReactor(clock))
         return d

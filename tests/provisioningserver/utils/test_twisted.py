@@ -306,7 +306,7 @@ def test_synchronous_runs_in_other_thread(reactor_thread):
 def test_synchronous_allowed_in_reactor_thread_when_not_running(monkeypatch):
     monkeypatch.setattr(twisted_utils, "isInReactorThread", lambda: True)
     stopped = SimpleNamespace(running=False)
-    monkeypatch.setattr(twisted_utils, "_reactor", lambda clock=None: stopped)
+    monkeypatch.setattr(twisted_utils, "resolveReactor", lambda clock=None: stopped)
     assert synchronous(lambda: "ran")() == "ran"
     stopped.running = True
     with pytest.raises(AssertionError):
@@ -1227,7 +1227,7 @@ def test_asynchronous_after_stop_raises_reactor_stopped(fake, monkeypatch):
     """Once the reactor has stopped, a call from a thread is refused rather
     than run in the caller's thread."""
     reactor, pending = fake
-    monkeypatch.setattr(twisted_utils, "_reactor", lambda clock=None: reactor)
+    monkeypatch.setattr(twisted_utils, "resolveReactor", lambda clock=None: reactor)
     pending.stop()
     reactor.running = False
     ran = []
@@ -1243,7 +1243,7 @@ def test_asynchronous_without_any_reactor_calls_through(monkeypatch):
     (as a hand-off would), one without is returned as it is."""
     monkeypatch.setattr(twisted_utils.threadable, "ioThread", None)
     never = SimpleNamespace(running=False)
-    monkeypatch.setattr(twisted_utils, "_reactor", lambda clock=None: never)
+    monkeypatch.setattr(twisted_utils, "resolveReactor", lambda clock=None: never)
     threads = []
 
     def func(value):

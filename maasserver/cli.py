@@ -314,13 +314,9 @@ def _region(overrides: dict[str, str]) -> int:
         loadRegionProtocol(config)
         metricsPort = config.metrics_port
         if metricsPort is not None:
-            try:
-                import prometheus_client  # noqa: F401
-            except ImportError:
-                raise ConfigError(
-                    "MAAS_RPC_METRICS_PORT needs prometheus_client: pip install "
-                    "'maas-rpc[metrics]'"
-                ) from None
+            from provisioningserver.metrics import requirePrometheus
+
+            requirePrometheus()
     except ConfigError as error:
         return _error("region", str(error))
     where = f"{config.bind or '0.0.0.0'}:{config.http_port}"

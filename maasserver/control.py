@@ -34,6 +34,7 @@ from urllib.parse import ParseResult
 from twisted.internet import threads
 from twisted.python.failure import Failure
 
+from provisioningserver import settings
 from provisioningserver.control import describeConnection
 from provisioningserver.twisted.protocols import amp
 
@@ -100,6 +101,13 @@ def findCommand(name: str) -> Any:
     return found.pop()
 
 
+def _jsonList(value: Any) -> list[Any]:
+    items = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError("is not a JSON list")
+    return items
+
+
 def _parseValue(argType: Any, value: Any, where: str) -> Any:
     """Turn text (or decoded JSON) into what ``argType`` sends."""
     try:
@@ -112,12 +120,10 @@ def _parseValue(argType: Any, value: Any, where: str) -> Any:
         if isinstance(argType, amp.Boolean):
             if isinstance(value, bool):
                 return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("is not true or false")
+            try:
+                return settings.boolean(str(value))
+            except settings.InvalidValue:
+                raise ValueError("is not true or false") from None
         if isinstance(argType, amp.Integer):
             return int(value)
         if isinstance(argType, amp.Float):
@@ -130,20 +136,14 @@ def _parseValue(argType: Any, value: Any, where: str) -> Any:
                 raise ValueError("needs a time zone, e.g. 2026-01-01T00:00:00+00:00")
             return moment
         if isinstance(argType, amp.AmpList):
-            items = json.loads(value) if isinstance(value, str) else value
-            if not isinstance(items, list):
-                raise ValueError("is not a JSON list")
             return [
                 parseArguments(argType.subargs, item, f"{where}[{n}]")
-                for n, item in enumerate(items)
+                for n, item in enumerate(_jsonList(value))
             ]
         if isinstance(argType, amp.ListOf):
-            items = json.loads(value) if isinstance(value, str) else value
-            if not isinstance(items, list):
-                raise ValueError("is not a JSON list")
             return [
                 _parseValue(argType.elementType, item, f"{where}[{n}]")
-                for n, item in enumerate(items)
+                for n, item in enumerate(_jsonList(value))
             ]
         if type(argType).__name__ == "ParsedURL":
             return str(value)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -25,19 +24,16 @@ from provisioningserver.plugin import PluginOptions, loadProtocol
 __all__ = ["Options", "loadRegionProtocol", "makeService"]
 
 
-def loadRegionProtocol(config: RegionConfig | Mapping[str, str]) -> Any:
+def loadRegionProtocol(config: RegionConfig) -> Any:
     """The protocol class ``MAAS_RPC_REGION_PROTOCOL`` names.
 
-    :param config: the checked configuration (or an environment).
+    :param config: the checked configuration.
     :return: the class; ``RegionServer`` when unset.
     :raises ConfigError: when it cannot be loaded.
     """
     from maasserver.rpc.regionservice import RegionServer
 
-    if isinstance(config, RegionConfig):
-        spec = config.protocol
-    else:
-        spec = settings.setting("MAAS_RPC_REGION_PROTOCOL").value(config)
+    spec = config.protocol
     if not spec:
         return RegionServer
     return loadProtocol(spec, RegionServer, "MAAS_RPC_REGION_PROTOCOL")

@@ -69,6 +69,7 @@ __all__ = [
     "floatToGoString",
     "observe",
     "registryFor",
+    "requirePrometheus",
     "setUp",
     "snapshot",
 ]
@@ -440,6 +441,22 @@ def snapshot(request: Any = None) -> dict[str, Any]:
     return installed.snapshot()
 
 
+def requirePrometheus() -> None:
+    """Check that ``prometheus_client`` (the ``metrics`` extra) is installed.
+
+    :raises provisioningserver.config.ConfigError: when it is not.
+    """
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        from provisioningserver.config import ConfigError
+
+        raise ConfigError(
+            "MAAS_RPC_METRICS_PORT needs prometheus_client: pip install "
+            "'maas-rpc[metrics]'"
+        ) from None
+
+
 def setUp(port: int | None, environ: Mapping[str, str] | None = None) -> Any:
     """Install the metrics observer and build the service that serves them.
 
@@ -456,15 +473,7 @@ def setUp(port: int | None, environ: Mapping[str, str] | None = None) -> Any:
     env = os.environ if environ is None else environ
     if port is None:
         return None
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        from provisioningserver.config import ConfigError
-
-        raise ConfigError(
-            "MAAS_RPC_METRICS_PORT needs prometheus_client: pip install "
-            "'maas-rpc[metrics]'"
-        ) from None
+    requirePrometheus()
     if not observe(True):
         log.warn(
             "This version of the RPC core reports nothing to observers: the "

@@ -63,10 +63,8 @@ def getClientFor(uuid: str, timeout: float = 0) -> Deferred[Any]:
                 "this process's region event-loop is not running", uuid=uuid
             )
         )
-    try:
-        return service.getClientFor(uuid, timeout)
-    except Exception:  # noqa: BLE001 - in the reactor, a failed Deferred
-        return defer.fail()
+    # In the reactor, even an error comes as a (failed) Deferred.
+    return defer.maybeDeferred(service.getClientFor, uuid, timeout)
 
 
 @asynchronous(timeout=FOREVER)

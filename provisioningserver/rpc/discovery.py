@@ -341,10 +341,9 @@ class _BoundedBody(Protocol):
 
     transport: Any  # The response's IPushProducer-providing transport.
 
-    def __init__(self, finished: Deferred[bytes], limit: int, url: str) -> None:
+    def __init__(self, finished: Deferred[bytes], limit: int) -> None:
         self.finished = finished
         self.limit = limit
-        self.url = url
         self.size = 0
         self.chunks: list[bytes] = []
 
@@ -547,7 +546,7 @@ class DiscoveryFetcher:
                     )
                 )
                 return
-            body = _BoundedBody(finished, self.maxBytes, url)
+            body = _BoundedBody(finished, self.maxBytes)
             response.deliverBody(body)
 
         def failed(failure: Failure) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import connectionDone
@@ -292,26 +293,26 @@ class RPCProtocol(CallingProtocol):
 
         :param reason: why the connection was lost.
         """
+        tlsFailure = None
         if self._channel == _TLS:
+            tlsFailure = "TLS with {peer} failed: {reason}"
+        elif (
+            self._channel == _READY
+            and self.mode in (SECURE, MTLS)
+            and reason.check(SSL.Error)
+        ):
+            # A record that does not verify: changed in flight, or forged.
+            tlsFailure = (
+                "TLS with {peer} failed, closing the connection: {reason} (a "
+                "record that does not verify was changed in flight or forged)"
+            )
+        if tlsFailure is not None:
             self.peerWarn(
                 "tls",
-                "TLS with {peer} failed: {reason}",
+                tlsFailure,
                 peer=peerAddress(self),
                 reason=printable(reason.getErrorMessage(), 300),
             )
-        elif self._channel == _READY and self.mode in (SECURE, MTLS):
-            from OpenSSL import SSL
-
-            if reason.check(SSL.Error):
-                # A record that does not verify: changed in flight, or forged.
-                self.peerWarn(
-                    "tls",
-                    "TLS with {peer} failed, closing the connection: {reason} "
-                    "(a record that does not verify was changed in flight or "
-                    "forged)",
-                    peer=peerAddress(self),
-                    reason=printable(reason.getErrorMessage(), 300),
-                )
         self._lost = True
         self._held = []
         requests = self._outstandingRequests

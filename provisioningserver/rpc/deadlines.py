@@ -39,7 +39,7 @@ class Deadlines:
     """
 
     def __init__(self, clock: Any) -> None:
-        self.clock = self._clock = clock
+        self.clock = clock
         # timeout -> {Deferred: (expiry, makes the timeout's exception)}, in
         # the order set, which is also the order of expiry.
         self._groups: dict[float, dict[Deferred[Any], tuple[float, Any]]] = {}
@@ -75,7 +75,7 @@ class Deadlines:
         group = self._groups.get(timeout)
         if group is None:
             group = self._groups[timeout] = {}
-        expiry = self._clock.seconds() + timeout
+        expiry = self.clock.seconds() + timeout
         group[d] = (expiry, error)
         d.addBoth(self._settled, group, d)
         if not self._firing and (self._call is None or expiry < self._callAt):
@@ -107,8 +107,8 @@ class Deadlines:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._callAt = when
-        delay = max(0.0, when - self._clock.seconds())
-        self._call = self._clock.callLater(delay, self._fire)
+        delay = max(0.0, when - self.clock.seconds())
+        self._call = self.clock.callLater(delay, self._fire)
 
     def _reschedule(self) -> None:
         # Forget the groups that emptied, find the earliest pending deadline
@@ -128,7 +128,7 @@ class Deadlines:
 
     def _fire(self) -> None:
         self._call = None
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         due: list[tuple[Deferred[Any], Any]] = []
         for group in self._groups.values():
             while group:

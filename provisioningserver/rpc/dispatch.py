@@ -435,16 +435,15 @@ class DispatchingProtocol(BoxProtocol):
         if refusal is not None:
             self._emit(self._formatError(refusal, box), box)
             return
-        self._inProgress += 1
         started = time.monotonic() if observers.current is not None else None
         try:
             arguments = spec.decodeArguments(box)
         except BaseException:
             # As stock AMP: arguments that do not parse never reach the
             # command's declared errors.
-            self._finished()
-            self._fastFailed(Failure(), None, box, started, spec.name)
+            self._fastError(Failure(), spec.name, box, started)
             return
+        self._inProgress += 1
         try:
             result = func(self, **arguments)
         except BaseException:
@@ -504,19 +503,10 @@ class DispatchingProtocol(BoxProtocol):
             observers.callCompleted(spec.name, "in", None, started)
 
     def _fastFailed(
-        self,
-        failure: Failure,
-        spec: CommandSpec | None,
-        box: amp.AmpBox,
-        started: Any,
-        name: bytes = b"",
+        self, failure: Failure, spec: CommandSpec, box: amp.AmpBox, started: Any
     ) -> None:
-        declared = (
-            failure.check(*spec.allErrors)
-            if spec is not None and spec.allErrors
-            else None
-        )
-        if spec is not None and declared is not None:
+        declared = failure.check(*spec.allErrors) if spec.allErrors else None
+        if declared is not None:
             failure = Failure(
                 amp.RemoteAmpError(
                     spec.allErrors[declared],
@@ -525,11 +515,15 @@ class DispatchingProtocol(BoxProtocol):
                     local=failure,
                 )
             )
+        self._fastError(failure, spec.name, box, started)
+
+    def _fastError(
+        self, failure: Failure, name: bytes, box: amp.AmpBox, started: Any
+    ) -> None:
         reply = self._formatError(failure, box)
         self._emit(reply, box)
         if started is not None:
-            command = spec.name if spec is not None else name
-            observers.callCompleted(command, "in", reply[amp.ERROR_CODE], started)
+            observers.callCompleted(name, "in", reply[amp.ERROR_CODE], started)
 
 
 def _countItems(value: bytes, argument: Any, cap: int) -> int:

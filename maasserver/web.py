@@ -52,7 +52,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import connectionDone
@@ -67,6 +66,7 @@ from provisioningserver import settings
 from provisioningserver.rpc.discovery import makeDiscoveryDocument
 from provisioningserver.utils.ratelimit import LogLimiter
 from provisioningserver.utils.text import printable
+from provisioningserver.utils.twisted import ListeningService
 
 __all__ = [
     "DiscoveryChannel",
@@ -433,7 +433,7 @@ def makeSite(
     return DiscoverySite(root, limits, reactor)
 
 
-class WebService(Service):
+class WebService(ListeningService):
     """Serves the region's site on its own port, or on a listening socket
     handed down by ``maas-rpc region`` and shared with the region's other
     event-loops.
@@ -456,41 +456,22 @@ class WebService(Service):
         reactor: Any = None,
         fd: int | None = None,
     ) -> None:
+        super().__init__(reactor)
         self.site = site
         self.fd = fd
         self.port = port
         self.interface = interface
-        self._reactor = reactor
-        self._listening: Any = None
 
-    def startService(self) -> None:
-        """Start listening.
+    def listen(self, reactor: Any) -> Any:
+        """Listen on ``port`` (or adopt ``fd``).
 
-        :raises twisted.internet.error.CannotListenError: when the port is
-            taken.
+        :param reactor: the reactor.
+        :return: the listening port.
         """
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
         if self.fd is not None:
             family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
-            self._listening = reactor.adoptStreamPort(self.fd, family, self.site)
-        else:
-            self._listening = reactor.listenTCP(
-                self.port, self.site, interface=self.interface
-            )
-        super().startService()
-
-    def stopService(self) -> Deferred[None]:
-        """Stop listening.
-
-        :return: a Deferred that fires once the port is closed.
-        """
-        super().stopService()
-        listening, self._listening = self._listening, None
-        if listening is None:
-            return defer.succeed(None)
-        return defer.maybeDeferred(listening.stopListening)
+            return reactor.adoptStreamPort(self.fd, family, self.site)
+        return reactor.listenTCP(self.port, self.site, interface=self.interface)
 
     def getPort(self) -> int | None:
         """Return the port being served.

@@ -35,7 +35,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
@@ -43,7 +42,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
-from provisioningserver.utils.twisted import resolveReactor
+from provisioningserver.utils.twisted import ListeningService
 
 __all__ = [
     "ControlError",
@@ -135,7 +134,7 @@ class _ControlProtocol(LineOnlyReceiver):
         self.transport.loseConnection()
 
 
-class ControlService(Service):
+class ControlService(ListeningService):
     """Serves control requests on ``<directory>/<pid>.sock``.
 
     :param directory: the control directory (created mode 0700).
@@ -157,20 +156,20 @@ class ControlService(Service):
         reactor: Any = None,
         pid: int | None = None,
     ) -> None:
+        super().__init__(reactor)
         self.directory = Path(directory)
         self.handlers = dict(handlers)
         self.handlers.setdefault("ping", lambda request: {"pong": os.getpid()})
-        self._reactor = reactor
         self.path = self.directory / f"{os.getpid() if pid is None else pid}.sock"
-        self._port: Any = None
         self._dirfd: int | None = None
 
-    def startService(self) -> None:
+    def listen(self, reactor: Any) -> Any:
         """Listen on the socket (replacing a stale one of the same name).
 
+        :param reactor: the reactor.
+        :return: the listening port.
         :raises OSError: when the directory cannot be created.
         """
-        reactor = resolveReactor(self._reactor)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         self.path.unlink(missing_ok=True)
@@ -178,18 +177,15 @@ class ControlService(Service):
         factory.noisy = False
         factory.service = self  # type: ignore[attr-defined]
         where, self._dirfd = shortPath(self.path)
-        self._port = reactor.listenUNIX(where, factory, mode=0o600)
-        super().startService()
+        return reactor.listenUNIX(where, factory, mode=0o600)
 
     def stopService(self) -> Deferred[None]:
         """Stop listening and remove the socket.
 
         :return: a Deferred that fires once closed.
         """
-        super().stopService()
-        port, self._port = self._port, None
-        if port is None:
-            return defer.succeed(None)
+        if self._listening is None:
+            return super().stopService()
 
         def cleanUp(_: Any) -> None:
             self.path.unlink(missing_ok=True)
@@ -197,7 +193,7 @@ class ControlService(Service):
             if dirfd is not None:
                 os.close(dirfd)
 
-        return defer.maybeDeferred(port.stopListening).addBoth(cleanUp)
+        return super().stopService().addBoth(cleanUp)
 
     def handle(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         """Answer one request.

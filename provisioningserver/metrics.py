@@ -49,15 +49,13 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from provisioningserver.utils.twisted import resolveReactor
+from provisioningserver.utils.twisted import ListeningService
 
 __all__ = [
     "BUCKETS",
@@ -361,7 +359,7 @@ class MetricsResource(Resource):
         return NOT_DONE_YET
 
 
-class MetricsService(Service):
+class MetricsService(ListeningService):
     """Serves metrics at ``http://127.0.0.1:<port>/metrics``.
 
     :param port: the port; 0 for any free one.
@@ -372,10 +370,9 @@ class MetricsService(Service):
     name = "metrics"  # type: ignore[assignment]
 
     def __init__(self, port: int, registry: Any, reactor: Any = None) -> None:
+        super().__init__(reactor)
         self.port = port
         self.registry = registry
-        self._reactor = reactor
-        self._listening: Any = None
 
     @property
     def url(self) -> str:
@@ -383,30 +380,17 @@ class MetricsService(Service):
         port = self._listening.getHost().port if self._listening else self.port
         return f"http://127.0.0.1:{port}/metrics"
 
-    def startService(self) -> None:
+    def listen(self, reactor: Any) -> Any:
         """Listen on 127.0.0.1.
 
-        :raises twisted.internet.error.CannotListenError: when the port is
-            taken.
+        :param reactor: the reactor.
+        :return: the listening port.
         """
-        reactor = resolveReactor(self._reactor)
         root = Resource()
         root.putChild(b"metrics", MetricsResource(self.registry))
         site = Site(root)
         site.noisy = False
-        self._listening = reactor.listenTCP(self.port, site, interface="127.0.0.1")
-        super().startService()
-
-    def stopService(self) -> Deferred[None]:
-        """Stop listening.
-
-        :return: a Deferred that fires once closed.
-        """
-        super().stopService()
-        listening, self._listening = self._listening, None
-        if listening is None:
-            return defer.succeed(None)
-        return defer.maybeDeferred(listening.stopListening)
+        return reactor.listenTCP(self.port, site, interface="127.0.0.1")
 
 
 #: This process's observer, once metrics are on.

@@ -49,6 +49,7 @@ from inspect import iscoroutine
 from typing import Any
 
 import crochet
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.python import threadable
@@ -60,6 +61,7 @@ __all__ = [
     "FOREVER",
     "LONGTIME",
     "IAsynchronous",
+    "ListeningService",
     "ReactorCallResult",
     "ISynchronous",
     "DeferredValue",
@@ -698,3 +700,46 @@ class DeferredValue:
         if timeout is not None:
             d.addTimeout(timeout, resolveReactor(clock))
         return d
+
+
+class ListeningService(Service):
+    """A service that listens (on a port or a socket) while it runs.
+
+    A subclass says how, in :meth:`listen`; starting listens, stopping stops
+    listening.
+
+    :param reactor: the reactor; the global one when ``None``.
+    """
+
+    def __init__(self, reactor: Any = None) -> None:
+        self._reactor = reactor
+        self._listening: Any = None
+
+    def listen(self, reactor: Any) -> Any:
+        """Start listening.
+
+        :param reactor: the reactor to listen with.
+        :return: the listening port
+            (:class:`~twisted.internet.interfaces.IListeningPort`).
+        """
+        raise NotImplementedError(self.listen)
+
+    def startService(self) -> None:
+        """Listen (see :meth:`listen`), then start.
+
+        :raises twisted.internet.error.CannotListenError: when the port is
+            taken.
+        """
+        self._listening = self.listen(resolveReactor(self._reactor))
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening.
+
+        :return: a Deferred that fires once closed.
+        """
+        super().stopService()
+        listening, self._listening = self._listening, None
+        if listening is None:
+            return defer.succeed(None)
+        return maybeDeferred(listening.stopListening)

@@ -9,11 +9,9 @@ checks them all before anything starts.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from maasserver.web import HTTPLimits
 from provisioningserver import settings
@@ -26,6 +24,27 @@ from provisioningserver.rpc.limits import Limits
 from provisioningserver.rpc.tls import REGION_ROLE, TLSConfig
 
 __all__ = ["RegionConfig"]
+
+
+#: The fields of :class:`RegionConfig` read straight from one setting each.
+_FIELDS = {
+    "http_port": "MAAS_RPC_HTTP_PORT",
+    "ports": "MAAS_RPC_PORTS",
+    "bind": "MAAS_RPC_BIND",
+    "handshake_timeout": "MAAS_RPC_HANDSHAKE_TIMEOUT",
+    "advertise_interval": "MAAS_RPC_ADVERTISE_INTERVAL",
+    "advertise_expiry": "MAAS_RPC_ADVERTISE_EXPIRY",
+    "status": "MAAS_RPC_STATUS",
+    "database_url": "MAAS_RPC_DATABASE_URL",
+    "idle_timeout": "MAAS_RPC_IDLE_TIMEOUT",
+    "protocol": "MAAS_RPC_REGION_PROTOCOL",
+    "allow_legacy_peers": "MAAS_RPC_ALLOW_LEGACY_PEERS",
+    "metrics_port": "MAAS_RPC_METRICS_PORT",
+    "drain_timeout": "MAAS_RPC_DRAIN_TIMEOUT",
+    "control": "MAAS_RPC_CONTROL",
+    "log_level": "MAAS_RPC_LOG_LEVEL",
+    "http_fd": "MAAS_RPC_HTTP_FD",
+}
 
 
 @dataclass(frozen=True)
@@ -135,37 +154,18 @@ class RegionConfig:
         :return: the checked configuration.
         :raises ConfigError: when a setting is malformed.
         """
-        env = dict(os.environ if environ is None else environ)
-        env.update({k: v for k, v in overrides.items() if v is not None})
-        settings.checkEnvironment(env, ["region"])
-
-        def get(name: str, default: Any = None) -> Any:
-            return settings.setting(name).value(env, default)
-
+        env = settings.environment(environ, overrides, ["region"])
         data_dir = data_dir_from(env, "region")
         secret_file = (
-            secret_file_from(env, data_dir) if get("MAAS_RPC_SECRET_FILE") else None
+            secret_file_from(env, data_dir)
+            if settings.setting("MAAS_RPC_SECRET_FILE").value(env)
+            else None
         )
         return cls(
             data_dir=data_dir,
-            http_port=get("MAAS_RPC_HTTP_PORT", 5240),
-            ports=get("MAAS_RPC_PORTS", range(5250, 5260)),
-            bind=get("MAAS_RPC_BIND", ""),
-            handshake_timeout=get("MAAS_RPC_HANDSHAKE_TIMEOUT", 30.0),
-            advertise_interval=get("MAAS_RPC_ADVERTISE_INTERVAL", 60.0),
-            advertise_expiry=get("MAAS_RPC_ADVERTISE_EXPIRY", 300.0),
-            status=get("MAAS_RPC_STATUS", False),
-            database_url=get("MAAS_RPC_DATABASE_URL"),
-            idle_timeout=get("MAAS_RPC_IDLE_TIMEOUT", 90.0),
             tls=TLSConfig.from_env(env, REGION_ROLE),
             limits=Limits.from_env(env),
             http=HTTPLimits.from_env(env),
             secret_file=secret_file,
-            protocol=get("MAAS_RPC_REGION_PROTOCOL"),
-            allow_legacy_peers=get("MAAS_RPC_ALLOW_LEGACY_PEERS", False),
-            metrics_port=get("MAAS_RPC_METRICS_PORT"),
-            drain_timeout=get("MAAS_RPC_DRAIN_TIMEOUT", 10.0),
-            control=get("MAAS_RPC_CONTROL", True),
-            log_level=get("MAAS_RPC_LOG_LEVEL", "info"),
-            http_fd=get("MAAS_RPC_HTTP_FD"),
+            **settings.readFields(cls, env, _FIELDS),
         )

@@ -271,6 +271,23 @@ def load_secret(path: Path, *, given: bool, create: bool) -> bytes:
         raise ConfigError(f"{where} {verb}: {_reason(error)}") from None
 
 
+#: The fields of :class:`ClusterConfig` read straight from one setting each.
+_CLUSTER_FIELDS = {
+    "handshake_timeout": "MAAS_RPC_HANDSHAKE_TIMEOUT",
+    "connect_timeout": "MAAS_RPC_CONNECT_TIMEOUT",
+    "poll_disconnected": "MAAS_RPC_POLL_DISCONNECTED",
+    "poll_partial": "MAAS_RPC_POLL_PARTIAL",
+    "poll_connected": "MAAS_RPC_POLL_CONNECTED",
+    "keepalive_interval": "MAAS_RPC_KEEPALIVE_INTERVAL",
+    "keepalive_timeout": "MAAS_RPC_KEEPALIVE_TIMEOUT",
+    "allow_legacy_peers": "MAAS_RPC_ALLOW_LEGACY_PEERS",
+    "metrics_port": "MAAS_RPC_METRICS_PORT",
+    "drain_timeout": "MAAS_RPC_DRAIN_TIMEOUT",
+    "control": "MAAS_RPC_CONTROL",
+    "log_level": "MAAS_RPC_LOG_LEVEL",
+}
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """Everything a cluster process needs, checked.
@@ -346,9 +363,7 @@ class ClusterConfig:
         from provisioningserver.rpc.limits import Limits
         from provisioningserver.rpc.tls import CLUSTER_ROLE, TLSConfig
 
-        env = dict(os.environ if environ is None else environ)
-        env.update({k: v for k, v in overrides.items() if v is not None})
-        settings.checkEnvironment(env, ["cluster"])
+        env = settings.environment(environ, overrides, ["cluster"])
 
         def get(name: str, default: Any = None) -> Any:
             return settings.setting(name).value(env, default)
@@ -367,20 +382,9 @@ class ClusterConfig:
             data_dir=data_dir,
             secret=secret,
             cluster_uuid=cluster_uuid,
-            handshake_timeout=get("MAAS_RPC_HANDSHAKE_TIMEOUT", 30.0),
-            connect_timeout=get("MAAS_RPC_CONNECT_TIMEOUT", 10.0),
-            poll_disconnected=get("MAAS_RPC_POLL_DISCONNECTED", 2.0),
-            poll_partial=get("MAAS_RPC_POLL_PARTIAL", 10.0),
-            poll_connected=get("MAAS_RPC_POLL_CONNECTED", 30.0),
-            keepalive_interval=get("MAAS_RPC_KEEPALIVE_INTERVAL", 30.0),
-            keepalive_timeout=get("MAAS_RPC_KEEPALIVE_TIMEOUT", 10.0),
             tls=TLSConfig.from_env(env, CLUSTER_ROLE),
             limits=Limits.from_env(env),
             discovery=DiscoveryLimits.from_env(env),
             secret_path=secret_path,
-            allow_legacy_peers=get("MAAS_RPC_ALLOW_LEGACY_PEERS", False),
-            metrics_port=get("MAAS_RPC_METRICS_PORT"),
-            drain_timeout=get("MAAS_RPC_DRAIN_TIMEOUT", 10.0),
-            control=get("MAAS_RPC_CONTROL", True),
-            log_level=get("MAAS_RPC_LOG_LEVEL", "info"),
+            **settings.readFields(cls, env, _CLUSTER_FIELDS),
         )

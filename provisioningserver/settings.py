@@ -32,9 +32,11 @@ known one (:func:`unknownVariables`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import ipaddress
 import math
+import os
 import uuid as uuid_module
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ __all__ = [
     "address",
     "boolean",
     "checkEnvironment",
+    "environment",
     "classSpec",
     "clusterUUID",
     "databaseURL",
@@ -58,6 +61,7 @@ __all__ = [
     "number",
     "optParameters",
     "optionOverrides",
+    "readFields",
     "readInto",
     "overrides",
     "ports",
@@ -937,29 +941,70 @@ def setting(name: str) -> Setting:
     return _BY_NAME[name]
 
 
+def readFields(
+    cls: type, environ: Mapping[str, str], fields: Mapping[str, str]
+) -> dict[str, Any]:
+    """Read the settings ``fields`` names, parsed as the table says.
+
+    A field whose variable is unset or empty gets the dataclass's own
+    default, so the dataclass stays the one place a default is written down
+    (the table's ``default`` is its documentation; a test compares the two).
+
+    :param cls: a dataclass; the fields named must have defaults.
+    :param environ: the environment.
+    :param fields: field name to variable name.
+    :return: field name to value, as keyword arguments for ``cls``.
+    :raises provisioningserver.config.ConfigError: for the first malformed
+        value, naming its variable.
+    """
+    declared = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for name, variable in fields.items():
+        spec = declared[name]
+        default = (
+            spec.default
+            if spec.default is not dataclasses.MISSING
+            else spec.default_factory()  # type: ignore[operator]
+        )
+        values[name] = setting(variable).value(environ, default)
+    return values
+
+
 def readInto(
     cls: type[_T], environ: Mapping[str, str], fields: Mapping[str, str]
 ) -> _T:
-    """Build ``cls`` from the settings ``fields`` names, parsed as the table says.
+    """Build ``cls`` from the settings ``fields`` names (see
+    :func:`readFields`).
 
-    Fields whose variable is unset or empty keep ``cls``'s own default, so
-    the dataclass stays the one place a default is written down (the
-    table's ``default`` is its documentation; a test compares the two).
-
-    :param cls: a class whose fields all have defaults (a dataclass).
+    :param cls: a dataclass whose fields all have defaults.
     :param environ: the environment.
     :param fields: field name to variable name.
     :return: the instance.
     :raises provisioningserver.config.ConfigError: for the first malformed
         value, naming its variable.
     """
-    defaults = cls()
-    return cls(
-        **{
-            field: setting(name).value(environ, getattr(defaults, field))
-            for field, name in fields.items()
-        }
-    )
+    return cls(**readFields(cls, environ, fields))
+
+
+def environment(
+    environ: Mapping[str, str] | None,
+    overrides: Mapping[str, str | None],
+    roles: Iterable[str],
+) -> dict[str, str]:
+    """The environment a process of ``roles`` reads, checked.
+
+    :param environ: the environment; ``os.environ`` when ``None``.
+    :param overrides: values that take precedence (the CLI's flags), by
+        variable name; ``None`` values are ignored.
+    :param roles: the roles of the process about to start.
+    :return: the merged environment.
+    :raises provisioningserver.config.ConfigError: for the first malformed
+        value (see :func:`checkEnvironment`).
+    """
+    env = dict(os.environ if environ is None else environ)
+    env.update({k: v for k, v in overrides.items() if v is not None})
+    checkEnvironment(env, roles)
+    return env
 
 
 def settingsFor(*roles: str) -> list[Setting]:

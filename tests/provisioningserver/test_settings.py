@@ -186,3 +186,24 @@ def test_check_environment_checks_only_the_roles_settings():
     settings.checkEnvironment({"MAAS_RPC_POLL_PARTIAL": "x"}, ["region"])
     with pytest.raises(ConfigError, match="MAAS_RPC_POLL_PARTIAL"):
         settings.checkEnvironment({"MAAS_RPC_POLL_PARTIAL": "x"}, ["cluster"])
+
+
+@pytest.mark.parametrize("role", ["region", "cluster"])
+def test_config_documented_defaults_are_the_codes(role):
+    # As for the limits: the settings a configuration reads straight into
+    # its fields default, in the table's words, to the dataclass's defaults.
+    import maasserver.config
+    import provisioningserver.config
+
+    config, fields = {
+        "region": (maasserver.config.RegionConfig, maasserver.config._FIELDS),
+        "cluster": (
+            provisioningserver.config.ClusterConfig,
+            provisioningserver.config._CLUSTER_FIELDS,
+        ),
+    }[role]
+    documented = _documentedDefaults()
+    assert "MAAS_RPC_DRAIN_TIMEOUT" in documented
+    assert settings.readFields(config, documented, fields) == settings.readFields(
+        config, {}, fields
+    )

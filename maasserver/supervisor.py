@@ -378,7 +378,7 @@ class Supervisor(Service):
         from twisted.internet import threads
 
         from provisioningserver import metrics
-        from provisioningserver.control import ControlError, ask
+        from provisioningserver.control import ControlError, askEach
 
         paths = [
             self.controlDir / f"{worker.pid}.sock"
@@ -390,11 +390,11 @@ class Supervisor(Service):
             from prometheus_client import generate_latest
 
             snapshots = []
-            for path in paths:
-                try:
-                    snapshots.append(ask(path, {"op": "metrics"}, timeout=10))
-                except ControlError as error:
-                    log.warn("No metrics from {path}: {error}", path=path, error=error)
+            for path, answer in askEach(paths, {"op": "metrics"}, timeout=10):
+                if isinstance(answer, ControlError):
+                    log.warn("No metrics from {path}: {error}", path=path, error=answer)
+                else:
+                    snapshots.append(answer)
             summed = metrics.addSnapshots(snapshots)
             return bytes(generate_latest(metrics.registryFor(lambda: summed)))
 

@@ -50,6 +50,7 @@ __all__ = [
     "ask",
     "shortPath",
     "askAll",
+    "askEach",
     "controlSockets",
     "describeConnection",
 ]
@@ -295,7 +296,19 @@ def askAll(
     :param timeout: seconds to wait for each.
     :return: ``(socket, answer or ControlError)`` for each, by process ID.
     """
-    paths = controlSockets(directory)
+    return askEach(controlSockets(directory), request, timeout)
+
+
+def askEach(
+    paths: list[Path], request: Mapping[str, Any], timeout: float = 10.0
+) -> list[tuple[Path, Any]]:
+    """Send a request to each of the control sockets ``paths``, at once.
+
+    :param paths: control sockets.
+    :param request: the request.
+    :param timeout: seconds to wait for each.
+    :return: ``(socket, answer or ControlError)`` for each, in order.
+    """
     if not paths:
         return []
 
